@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Anything raised as :class:`SpapError` is a problem with the user's input (a missing file,
+a bad config key, a wrong checkpoint kind ...). The command line prints it as a single line
+and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SpapError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+class ConfigError(SpapError, ValueError):
+    """An invalid configuration: unknown key, wrong type or impossible value."""
+
+
+class DataError(SpapError):
+    """A dataset that cannot be used (missing, empty, nothing readable)."""
+
+
+class CheckpointError(SpapError):
+    """A checkpoint that cannot be read (missing, truncated, untrusted, wrong kind)."""
