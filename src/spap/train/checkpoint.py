@@ -1,0 +1,193 @@
+"""Checkpoints: atomic writes, safe loading, keeping the last K, resuming with fallback.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so
+that it loads with ``weights_only=True``: a file carrying a pickled payload that would
+run code is refused and the payload never runs.
+
+Run folder layout::
+
+    RUN_DIR/checkpoints/step_0001000.pt
+    RUN_DIR/checkpoints/latest          (text: the file name of the newest checkpoint)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spap.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "spap-checkpoint"
+VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint files of a run, oldest first (by step number)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder,
+    flush, fsync, rename over ``path``. On any failure the old ``path`` is untouched and
+    the temporary file removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise CheckpointError(
+                f"could not write {path}: {why}; the previous checkpoint is intact"
+            ) from exc
+        raise
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Save ``state`` atomically to ``path``."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda fh: torch.save(dict(state), fh))
+    return path
+
+
+class CheckpointManager:
+    """Writes ``step_XXXXXXX.pt`` files into a run folder, keeps the last ``keep_last``,
+    and points ``latest`` at the newest one."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 3) -> None:
+        self.folder = checkpoint_dir(run_dir)
+        self.keep_last = keep_last
+
+    def save(self, state: Mapping[str, Any], step: int) -> Path:
+        path = save_checkpoint(state, self.folder / f"step_{step:07d}.pt")
+        atomic_write_bytes(self.folder / "latest", lambda fh: fh.write(path.name.encode()))
+        for old in list_checkpoints(self.folder.parent)[: -self.keep_last]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's (or checkpoints folder's) latest one."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"no such checkpoint file or run folder: {p}")
+    run_dir = p.parent if p.name == "checkpoints" else p
+    folder = checkpoint_dir(run_dir)
+    latest = folder / "latest"
+    if latest.is_file():
+        candidate = folder / latest.read_text().strip()
+        if candidate.is_file():
+            return candidate
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{p} holds no checkpoint (looked for {folder}/step_*.pt)")
+    return found[-1]
+
+
+def load_checkpoint(
+    path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; one-line errors for every failure.
+
+    ``path`` may be a run folder (its latest checkpoint is taken). ``kind`` ("cyclegan" or
+    "gan") checks that the checkpoint is of the expected task.
+    """
+    file = resolve_checkpoint(path)
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+            raise CheckpointError(
+                f"{file}: refused to load: it holds pickled Python objects that could run code "
+                "(only tensors and plain values are accepted)"
+            ) from None
+        raise CheckpointError(f"{file}: not a readable checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: truncated or corrupt checkpoint ({first[:200]})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file}: not a spap checkpoint (reference CycleGAN weights are converted with "
+            "spap.models.cyclegan.load_reference_generator)"
+        )
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{file}: written by a newer spap (format version {state['version']}); upgrade spap"
+        )
+    if kind is not None and state.get("kind") != kind:
+        raise CheckpointError(
+            f"{file} is a {state.get('kind')!r} checkpoint, but a {kind!r} checkpoint is needed"
+        )
+    state["path"] = str(file)
+    return state
+
+
+def load_for_resume(run_dir: str | Path, kind: str | None = None) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run; unreadable newer ones are skipped with a
+    warning. None if the run has no checkpoint at all."""
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        return None
+    latest = checkpoint_dir(run_dir) / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        candidates.sort(key=lambda p: p.name == name)  # the pointed-to one last (= tried first)
+    errors = []
+    for file in reversed(candidates):
+        try:
+            state = load_checkpoint(file, kind=kind)
+        except CheckpointError as exc:
+            if kind is not None and "checkpoint is needed" in str(exc):
+                raise
+            log.warning("skipping unreadable checkpoint: %s", exc)
+            errors.append(str(exc))
+            continue
+        if errors:
+            log.warning("resuming from the previous good checkpoint %s", file)
+        return state
+    raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(run_dir)}: {errors[0]}")
