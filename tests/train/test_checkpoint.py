@@ -22,8 +22,13 @@ from spap.train.checkpoint import (
 
 
 def _state(step: int, kind: str = "gan") -> dict:
-    return {"format": FORMAT, "version": VERSION, "kind": kind, "step": step,
-            "task": {"models": {"G": {"w": torch.full((3,), float(step))}}}}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "step": step,
+        "task": {"models": {"G": {"w": torch.full((3,), float(step))}}},
+    }
 
 
 def test_manager_keeps_last_k_and_latest(tmp_path: Path) -> None:

@@ -23,16 +23,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("task", choices=("cyclegan", "gan"), help="what to train")
     p.add_argument("--data", required=False, help="dataset folder (sets data.root)")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, samples, logs")
-    p.add_argument("--config", help="YAML config (a file, or a name under configs/, e.g. cyclegan/facades_spap)")
+    p.add_argument(
+        "--config",
+        help="YAML config (a file, or a name under configs/, e.g. cyclegan/facades_spap)",
+    )
     p.add_argument("--size", type=int, help="training image size (crop size / resolution)")
     p.add_argument("--steps", type=int, help="stop after N iterations (sets run.steps)")
     p.add_argument("--seed", type=int, help="random seed (sets run.seed)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest good checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key, e.g. train.lr=1e-4")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest good checkpoint",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override any config key, e.g. train.lr=1e-4",
+    )
     p.set_defaults(func=main)
 
 
-def build_config(task_cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+def build_config(
+    task_cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> Any:
     """Schema defaults <- --config file (or the resumed run's config) <- flags <- key=value."""
     from spap.train.config import from_dict, merge, parse_overrides, read_yaml
 

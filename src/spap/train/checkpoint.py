@@ -75,7 +75,9 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            why = (
+                "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            )
             raise CheckpointError(
                 f"could not write {path}: {why}; the previous checkpoint is intact"
             ) from exc
@@ -147,9 +149,7 @@ def load_checkpoint(
         raise CheckpointError(f"{file}: not a readable checkpoint ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{file}: truncated or corrupt checkpoint ({first[:200]})"
-        ) from None
+        raise CheckpointError(f"{file}: truncated or corrupt checkpoint ({first[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{file}: not a spap checkpoint (reference CycleGAN weights are converted with "

@@ -63,18 +63,24 @@ class RunConfig:
     )
     channels_last: bool = option(False, "use channels_last memory format for the networks")
     compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
-    steps: int | None = option(None, "stop after this many iterations (default: the task's schedule)", min=1)
-    checkpoint_every: int = option(1000, "save a checkpoint every N iterations (and at the end)", min=1)
+    steps: int | None = option(
+        None, "stop after this many iterations (default: the task's schedule)", min=1
+    )
+    checkpoint_every: int = option(
+        1000, "save a checkpoint every N iterations (and at the end)", min=1
+    )
     keep_last: int = option(3, "how many checkpoints to keep (plus the `latest` pointer)", min=1)
     log_every: int = option(50, "write scalars to TensorBoard every N iterations", min=1)
     sample_every: int = option(500, "write a sample grid every N iterations", min=1)
     num_workers: int = option(2, "data-loading worker processes per rank", min=0)
     nan_policy: str = option(
-        "stop", "what to do when a loss is NaN/Inf: stop the run or skip the update",
+        "stop",
+        "what to do when a loss is NaN/Inf: stop the run or skip the update",
         choices=("stop", "skip"),
     )
     dist_backend: str = option(
-        "auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, else gloo) | nccl | gloo",
+        "auto",
+        "torch.distributed backend under torchrun: auto (nccl on CUDA, else gloo) | nccl | gloo",
         choices=("auto", "nccl", "gloo"),
     )
     sync_batchnorm: bool = option(True, "convert BatchNorm to SyncBatchNorm when distributed")
@@ -155,9 +161,7 @@ def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if v not in choices:
-                raise ConfigError(
-                    f"{key}: {v!r} is not one of {', '.join(map(repr, choices))}"
-                )
+                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(repr, choices))}")
     lo, hi = meta.get("min"), meta.get("max")
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:

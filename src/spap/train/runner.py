@@ -64,10 +64,14 @@ class RunContext:
         self.skipped_updates = 0
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         if run.precision == "fp16" and device.type != "cuda":
-            raise ConfigError("run.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+            raise ConfigError(
+                "run.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
+            )
         if run.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("run.precision: this GPU does not support bf16; use fp16 or fp32")
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.precision]
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            run.precision
+        ]
 
     # -- forward passes
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -213,7 +217,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(py[:-1]), py[-1]))
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
@@ -245,10 +255,8 @@ class SignalGuard:
 
     def __enter__(self) -> SignalGuard:
         for s in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -285,7 +293,9 @@ def _loader(dataset: Any, sampler: Any, batch_size: int, run: RunConfig, device:
 class _Logger:
     """Progress bar, TensorBoard scalars/images and sample grids, on rank 0 only."""
 
-    def __init__(self, run_dir: Path, run: RunConfig, total: int, start: int, enabled: bool) -> None:
+    def __init__(
+        self, run_dir: Path, run: RunConfig, total: int, start: int, enabled: bool
+    ) -> None:
         self.enabled = enabled
         self.run = run
         self.run_dir = run_dir
@@ -346,7 +356,9 @@ class _Logger:
 # ----------------------------------------------------------------------------- loop
 
 
-def run(task_cls: type[Task], cfg: Any, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def run(
+    task_cls: type[Task], cfg: Any, run_dir: str | Path, resume: bool = False
+) -> dict[str, Any]:
     """Train ``task_cls`` with config ``cfg`` into ``run_dir``. Returns a summary dict."""
     run_dir = Path(run_dir)
     rc: RunConfig = cfg.run
@@ -359,23 +371,30 @@ def run(task_cls: type[Task], cfg: Any, run_dir: str | Path, resume: bool = Fals
         D.shutdown()
 
 
-def _run(task_cls: type[Task], cfg: Any, run_dir: Path, resume: bool, info: D.DistInfo,
-         device: torch.device) -> dict[str, Any]:
+def _run(
+    task_cls: type[Task],
+    cfg: Any,
+    run_dir: Path,
+    resume: bool,
+    info: D.DistInfo,
+    device: torch.device,
+) -> dict[str, Any]:
     rc: RunConfig = cfg.run
+    ctx = RunContext(rc, device, info)  # checks precision/device before anything is written
     state = load_for_resume(run_dir, kind=task_cls.kind) if resume else None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
 
     seed_everything(rc.seed)  # identical initial weights on every rank
-    ctx = RunContext(rc, device, info)
     task = task_cls(cfg, ctx)
     dataset = task.build_dataset()
 
     from spap.data.sampler import EpochSampler
 
-    sampler = EpochSampler(len(dataset), seed=rc.seed, shuffle=True,
-                           num_replicas=info.world_size, rank=info.rank)
+    sampler = EpochSampler(
+        len(dataset), seed=rc.seed, shuffle=True, num_replicas=info.world_size, rank=info.rank
+    )
     if len(sampler) < task.batch_size:
         raise DataError(
             f"the dataset has {len(dataset)} usable items, fewer than one batch of "
@@ -395,7 +414,9 @@ def _run(task_cls: type[Task], cfg: Any, run_dir: Path, resume: bool, info: D.Di
             if scaler is not None:
                 scaler.load_state_dict(scaler_state)
         if info.is_main:
-            log.info("resuming %s from %s (step %d, epoch %d)", task_cls.kind, state["path"], step, epoch)
+            log.info(
+                "resuming %s from %s (step %d, epoch %d)", task_cls.kind, state["path"], step, epoch
+            )
     else:
         seed_everything(rc.seed + info.rank)  # per-rank noise from here on
 
@@ -435,16 +456,29 @@ def _run(task_cls: type[Task], cfg: Any, run_dir: Path, resume: bool, info: D.Di
             while step < total:
                 sampler.set_epoch(epoch)
                 sampler.set_start(position * task.batch_size)
+                yielded = False
                 for batch in loader:
+                    yielded = True
                     ctx.step = step
                     losses = task.train_step(batch, step)
                     step += 1
                     position += 1
-                    skipped_files += int(batch.get("skipped", torch.zeros(1)).sum()) if isinstance(batch, dict) else 0
+                    if isinstance(batch, dict) and "skipped" in batch:
+                        skipped_files += int(torch.as_tensor(batch["skipped"]).sum())
                     for k, v in losses.items():
                         if not math.isfinite(v) and rc.nan_policy == "stop":
                             raise NonFiniteLossError(f"loss {k} is {v} at step {step - 1}")
                     logger.step(step, losses, task.batch_size * info.world_size)
+                    if position >= steps_per_epoch:  # the epoch is complete
+                        task.on_epoch_end(epoch)
+                        if skipped_files and info.is_main:
+                            log.warning(
+                                "epoch %d: %d unreadable files skipped", epoch, skipped_files
+                            )
+                        logger.scalar("data/skipped_files", skipped_files, step)
+                        skipped_files = 0
+                        epoch += 1
+                        position = 0
                     if step % rc.sample_every == 0 or step == total:
                         logger.visuals(task.visuals(), step)
                     stop = D.any_flag(guard.signum is not None, device)
@@ -458,21 +492,18 @@ def _run(task_cls: type[Task], cfg: Any, run_dir: Path, resume: bool, info: D.Di
                             f"saved in {run_dir / 'checkpoints'}; continue with --resume",
                             signum,
                         )
-                    if step >= total:
+                    if step >= total or position == 0:
                         break
-                else:
-                    task.on_epoch_end(epoch)
-                    if skipped_files and info.is_main:
-                        log.warning("epoch %d: %d unreadable files skipped", epoch, skipped_files)
-                    logger.scalar("data/skipped_files", skipped_files, step)
-                    skipped_files = 0
-                    epoch += 1
-                    position = 0
+                if not yielded:
+                    raise DataError("the data loader yielded no batch; is the dataset empty?")
             if last_ckpt_step != step:
                 checkpoint()
     finally:
         logger.close()
-    summary.update(step=step, epoch=epoch, skipped_updates=ctx.skipped_updates,
-                   checkpoint=str(run_dir / "checkpoints"))
+    summary.update(
+        step=step,
+        epoch=epoch,
+        skipped_updates=ctx.skipped_updates,
+        checkpoint=str(run_dir / "checkpoints"),
+    )
     return summary
-

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 
-def rows_grid(visuals: dict[str, torch.Tensor], max_cols: int = 8, padding: int = 2) -> torch.Tensor:
+def rows_grid(
+    visuals: dict[str, torch.Tensor], max_cols: int = 8, padding: int = 2
+) -> torch.Tensor:
     """Stack named image batches (n, C, h, w) in [-1, 1] as the rows of one grid.
 
     Rows are resized (nearest) to the first row's size, single-channel maps are repeated
