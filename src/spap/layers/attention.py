@@ -1,0 +1,121 @@
+"""Building attention units by name, and collecting their attention maps.
+
+``build_attention("spap", 128, factory, order="fine_to_coarse")`` is what the networks call
+at each configured resolution; ``record_attention(model)`` gathers the maps of every unit in
+any model during the forward passes inside a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+from spap.errors import ConfigError
+from spap.layers.base import AttentionUnit
+from spap.layers.factories import LayerFactory, check_choice
+from spap.layers.sagan import SelfAttention
+from spap.layers.spap import SPAP
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "AttentionUnit",
+    "attention_options",
+    "attention_units",
+    "build_attention",
+    "record_attention",
+    "spatial_attention",
+]
+
+#: Names accepted by :func:`build_attention`.
+ATTENTION_KINDS = ("none", "sagan", "spap")
+
+_UNITS: dict[str, type[nn.Module]] = {"sagan": SelfAttention, "spap": SPAP}
+
+
+def attention_options(kind: str) -> tuple[str, ...]:
+    """Option names :func:`build_attention` accepts for ``kind`` (besides channels/factory)."""
+    check_choice("attention kind", kind, ATTENTION_KINDS)
+    if kind == "none":
+        return ()
+    params = inspect.signature(_UNITS[kind].__init__).parameters
+    return tuple(n for n in params if n not in ("self", "channels", "factory"))
+
+
+def build_attention(
+    kind: str, channels: int, factory: LayerFactory | None = None, **options: Any
+) -> nn.Module:
+    """An attention unit by name: ``"none"`` (``nn.Identity``), ``"sagan"`` or ``"spap"``.
+
+    ``options`` go to the unit's constructor (e.g. ``order``, ``rates`` for SPAP); an
+    unknown option raises :class:`ConfigError` naming it and the closest valid name.
+    """
+    valid = attention_options(kind)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            listing = ", ".join(valid) if valid else "none"
+            raise ConfigError(
+                f"unknown option {key!r} for attention {kind!r}{hint} (valid: {listing})"
+            )
+    if kind == "none":
+        return nn.Identity()
+    if "rates" in options and options["rates"] is not None:
+        options["rates"] = tuple(options["rates"])  # YAML gives lists
+    return _UNITS[kind](channels, factory=factory, **options)
+
+
+def attention_units(model: nn.Module) -> Iterator[tuple[str, AttentionUnit]]:
+    """``(name, unit)`` for every SPAP / SAGAN unit in ``model`` (``""`` if it is the model)."""
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionUnit):
+            yield name, module
+
+
+@contextmanager
+def record_attention(model: nn.Module, detach: bool = True) -> Iterator[dict[str, list[Tensor]]]:
+    """Collect attention maps of every unit in ``model`` during the forward passes in the block.
+
+    Yields a dict filled as the model runs: module name (as in ``model.named_modules()``,
+    ``""`` for the model itself) -> that unit's maps from its latest forward pass (a list
+    with one tensor per SPAP fuse block, or ``[attn]`` for SAGAN; shapes as documented on
+    the units). Maps are detached unless ``detach=False``. Outside the block units keep
+    nothing.
+
+    Example::
+
+        with record_attention(generator) as maps:
+            fake = generator(z)
+        maps["blocks.2.attention"][0]  # first fuse block, (N, 2, H, W)
+    """
+    sink: dict[str, list[Tensor]] = {}
+    units = list(attention_units(model))
+    for name, unit in units:
+        if unit._attention_sink is not None:
+            raise RuntimeError(f"record_attention is already active on unit {name!r}")
+    try:
+        for name, unit in units:
+            unit._attention_sink = sink
+            unit._attention_key = name
+            unit._attention_detach = detach
+        yield sink
+    finally:
+        for _, unit in units:
+            unit._attention_sink = None
+
+
+def spatial_attention(maps: Tensor) -> Tensor:
+    """Reduce any SPAP map to (N, 2, H_a, W_a) for display (channel maps: mean over channels).
+
+    (N, 2, H, W) is returned as is; (N, 2, C', H, W) and (N, 2, C', 1, 1) are averaged over C'.
+    """
+    if maps.dim() == 4:
+        return maps
+    if maps.dim() == 5:
+        return maps.mean(dim=2)
+    raise ValueError(f"expected a 4-D or 5-D SPAP attention map, got shape {tuple(maps.shape)}")
