@@ -27,10 +27,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from spap.data.sampler import derive_seed
 from spap.errors import ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.train.config import option
@@ -45,7 +45,6 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "latents",
-    "mix_seed",
 ]
 
 #: Generator channel multipliers per resolution (BigGAN table): entry 0 is the width of
@@ -84,11 +83,6 @@ def d_block_resolutions(resolution: int) -> list[int]:
 # ----------------------------------------------------------------------------- noise
 
 
-def mix_seed(*values: int) -> int:
-    """A well-mixed 64-bit seed from non-negative integers (NumPy's ``SeedSequence``)."""
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0])
-
-
 def latents(seed: int, indices: Iterable[int], z_dim: int) -> torch.Tensor:
     """Latents ``z ~ N(0, I)`` on the CPU, one row per index.
 
@@ -96,7 +90,7 @@ def latents(seed: int, indices: Iterable[int], z_dim: int) -> torch.Tensor:
     the samples are batched, and a resumed sampling run continues with the same images.
     """
     rows = [
-        torch.randn(z_dim, generator=torch.Generator().manual_seed(mix_seed(seed, i)))
+        torch.randn(z_dim, generator=torch.Generator().manual_seed(derive_seed(seed, i)))
         for i in indices
     ]
     return torch.stack(rows) if rows else torch.empty(0, z_dim)
