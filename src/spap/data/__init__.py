@@ -1,0 +1,69 @@
+"""Data: robust image reading, datasets for the three folder layouts, preprocessing,
+deterministic resumable sampling, and the built-in procedural street scenes.
+
+- :mod:`spap.data.io`: :func:`list_images`, :func:`read_image` (any mode -> RGB, truncated
+  files raise, decompression-bomb guard).
+- :mod:`spap.data.datasets`: :class:`ImageFolderDataset`, :class:`UnalignedDataset`,
+  :class:`AlignedDataset`, :func:`build_dataset`.
+- :mod:`spap.data.transforms`: reference CycleGAN preprocessing options, tensor <-> image.
+- :mod:`spap.data.sampler`: :class:`EpochSampler` yielding ``(epoch, index)``.
+- :mod:`spap.data.scenes`: seeded label map / photo pairs (``spap data scenes``).
+"""
+
+from __future__ import annotations
+
+from spap.data.datasets import (
+    DATASET_LAYOUTS,
+    AlignedDataset,
+    ImageFolderDataset,
+    ImageList,
+    UnalignedDataset,
+    build_dataset,
+    detect_layout,
+)
+from spap.data.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageTooLarge,
+    UnreadableImage,
+    list_images,
+    read_image,
+    scan_images,
+)
+from spap.data.sampler import EpochSampler, derive_seed, item_generator
+from spap.data.transforms import (
+    PREPROCESS_OPTIONS,
+    ImageTransform,
+    TransformParams,
+    check_transform_options,
+    save_image,
+    tensor_to_pil,
+    to_tensor_image,
+)
+
+__all__ = [
+    "DATASET_LAYOUTS",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "PREPROCESS_OPTIONS",
+    "AlignedDataset",
+    "EpochSampler",
+    "ImageFolderDataset",
+    "ImageList",
+    "ImageTooLarge",
+    "ImageTransform",
+    "TransformParams",
+    "UnalignedDataset",
+    "UnreadableImage",
+    "build_dataset",
+    "check_transform_options",
+    "derive_seed",
+    "detect_layout",
+    "item_generator",
+    "list_images",
+    "read_image",
+    "save_image",
+    "scan_images",
+    "tensor_to_pil",
+    "to_tensor_image",
+]
