@@ -323,6 +323,10 @@ class _AttentionHost(nn.Module):
     def has_attention(self) -> bool:
         return len(self.attention) > 0
 
+    def feature_stride(self, slot: str) -> int:
+        """Downsampling factor of the features at an attention slot (input size / map size)."""
+        raise NotImplementedError
+
 
 class ResnetGenerator(_AttentionHost):
     """CycleGAN ResNet generator with optional attention units (see module doc).
@@ -405,6 +409,9 @@ class ResnetGenerator(_AttentionHost):
             x = self._attend(f"up_{i}", layer(x), maps)
         return self.head(x)
 
+    def feature_stride(self, slot: str) -> int:
+        return {"down_0": 2, "up_0": 2, "up_1": 1}.get(slot, 4)
+
 
 def _ordered(slots: Mapping[str, Any], n_blocks: int) -> list[str]:
     """Slots in forward order (so the module dict reads like the network)."""
@@ -455,6 +462,10 @@ class PatchDiscriminator(_AttentionHost):
         for i, layer in enumerate(self.layers):
             x = self._attend(f"layer_{i}", layer(x), maps)
         return self.head(x)
+
+    def feature_stride(self, slot: str) -> int:
+        # stride-2 layers 0..n_layers_d-1, then a stride-1 layer (4x4 convs shave a pixel)
+        return 2 ** min(int(slot.rsplit("_", 1)[1]) + 1, len(self.layers) - 1)
 
 
 def build_generator(

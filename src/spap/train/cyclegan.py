@@ -1,0 +1,422 @@
+"""CycleGAN training (Zhu et al. 2017), optionally with SPAP / SAGAN units.
+
+One iteration follows the reference implementation's ``CycleGANModel.optimize_parameters``:
+
+1. forward: ``fake_B = G_A(A)``, ``rec_A = G_B(fake_B)``, ``fake_A = G_B(B)``,
+   ``rec_B = G_A(fake_A)``;
+2. generator update (discriminators frozen: ``requires_grad`` off, so no D gradients are
+   computed): ``L_G = gan(D_A(fake_B)) + gan(D_B(fake_A)) + lambda_A |rec_A - A|_1 +
+   lambda_B |rec_B - B|_1 + lambda_idt (lambda_B |G_A(B) - B|_1 + lambda_A |G_B(A) - A|_1)``
+   with one Adam over G_A and G_B;
+3. discriminator update: ``D_A`` on (real B, a fake B from the image pool),
+   ``D_B`` on (real A, a fake A from the pool), each ``0.5 * (real + fake)``; one Adam over
+   D_A and D_B.
+
+Learning rate: constant for ``train.n_epochs`` epochs, then linearly decayed over
+``train.n_epochs_decay`` epochs with the reference's rule
+``lr * (1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1))`` for (0-based) epoch ``e``.
+
+Naming as in the reference: ``G_A: A -> B``, ``G_B: B -> A``, ``D_A`` judges domain B,
+``D_B`` judges domain A.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spap.data.sampler import derive_seed
+from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
+from spap.errors import CheckpointError, ConfigError
+from spap.models.cyclegan import (
+    CycleGANModelConfig,
+    build_discriminator,
+    build_generator,
+    convert_reference_discriminator,
+    convert_reference_generator,
+    load_weights,
+)
+from spap.train.config import RunConfig, option
+from spap.train.losses import LOSSES, d_loss, g_loss
+from spap.train.pool import ImagePool
+from spap.train.runner import RunContext, Task
+
+__all__ = [
+    "NETWORKS",
+    "CycleGANConfig",
+    "CycleGANDataConfig",
+    "CycleGANTask",
+    "CycleGANTrainConfig",
+    "lr_factor",
+]
+
+log = logging.getLogger(__name__)
+
+#: The four networks of a CycleGAN, as named in checkpoints.
+NETWORKS = ("G_A", "G_B", "D_A", "D_B")
+
+_POOL_KEY = 0xC7C1  # mixed into the image pools' seeds
+
+
+@dataclasses.dataclass
+class CycleGANDataConfig:
+    """Training images: the CycleGAN layout (trainA/ trainB/) or aligned A|B images."""
+
+    root: str | None = option(None, "dataset folder (--data sets it)")
+    layout: str = option(
+        "auto",
+        "unaligned (root/trainA, root/trainB) | aligned (root/train/*: A|B side by side) | "
+        "auto (unaligned if root/trainA exists)",
+        choices=("auto", "unaligned", "aligned"),
+    )
+    phase: str = option("train", "sub-folder prefix: root/{phase}A, root/{phase}B or root/{phase}")
+    direction: str = option(
+        "AtoB", "AtoB or BtoA (swaps the roles of the A and B images)", choices=("AtoB", "BtoA")
+    )
+    preprocess: str = option(
+        "resize_and_crop",
+        "resize_and_crop | crop | scale_width | scale_width_and_crop | none "
+        "(see spap.data.transforms)",
+        choices=PREPROCESS_OPTIONS,
+    )
+    load_size: int = option(286, "resize target before the random crop (--size sets it)", min=1)
+    crop_size: int = option(256, "training crop size (--size N sets it to N)", min=4)
+    flip: bool = option(True, "random horizontal flips")
+    serial_batches: bool = option(
+        False, "pair A image i with B image i (unaligned); default: a random B image"
+    )
+    interpolation: str = option(
+        "bicubic", "resize filter", choices=("bicubic", "bilinear", "nearest")
+    )
+
+    def validate(self) -> None:
+        check_transform_options(self.preprocess, self.load_size, self.crop_size, prefix="data.")
+        if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") and (
+            self.crop_size % 4
+        ):
+            raise ConfigError(
+                f"data.crop_size must be a multiple of 4 (the generator downsamples twice), "
+                f"got {self.crop_size}"
+            )
+
+
+@dataclasses.dataclass
+class CycleGANTrainConfig:
+    """Losses, optimisers, schedule, and initialisation from earlier weights."""
+
+    batch_size: int = option(1, "images per iteration and rank (CycleGAN: 1)", min=1)
+    n_epochs: int = option(100, "epochs at the initial learning rate", min=0)
+    n_epochs_decay: int = option(100, "epochs of linear decay of the learning rate to 0", min=0)
+    loss: str = option(
+        "lsgan", "adversarial loss: lsgan (CycleGAN) | vanilla | hinge", choices=tuple(LOSSES)
+    )
+    lr: float = option(2e-4, "Adam learning rate of G and D", min=0.0)
+    betas: tuple[float, float] = option((0.5, 0.999), "Adam betas", min=0.0, max=1.0)
+    lambda_A: float = option(10.0, "weight of the cycle loss A -> B -> A", min=0.0)
+    lambda_B: float = option(10.0, "weight of the cycle loss B -> A -> B", min=0.0)
+    lambda_identity: float = option(
+        0.5,
+        "identity loss weight relative to lambda_A / lambda_B (0 disables it)",
+        min=0.0,
+    )
+    pool_size: int = option(50, "image pool size per discriminator (0: no pool)", min=0)
+    init_from: str | None = option(
+        None,
+        "start from the weights of a spap CycleGAN checkpoint or run folder (non-strict: "
+        "attention units absent from it keep their initial values)",
+    )
+    init_networks: dict[str, str] = option(
+        default_factory=dict,
+        help="start single networks from files: {G_A: latest_net_G_A.pth, ...}; a reference "
+        "CycleGAN state dict or a spap checkpoint (non-strict, like init_from)",
+    )
+    num_visuals: int = option(4, "images per row of the sample grids", min=1)
+
+    def validate(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas: expected two numbers, got {self.betas!r}")
+        if self.n_epochs + self.n_epochs_decay < 1:
+            raise ConfigError("train.n_epochs + train.n_epochs_decay must be at least 1")
+        for name in self.init_networks:
+            if name not in NETWORKS:
+                raise ConfigError(
+                    f"train.init_networks: unknown network {name!r}; one of {', '.join(NETWORKS)}"
+                )
+
+
+@dataclasses.dataclass
+class CycleGANConfig:
+    """CycleGAN: ResNet generators, PatchGAN discriminators, LSGAN + cycle + identity losses."""
+
+    run: RunConfig = option(default_factory=RunConfig)
+    data: CycleGANDataConfig = option(default_factory=CycleGANDataConfig)
+    model: CycleGANModelConfig = option(default_factory=CycleGANModelConfig)
+    train: CycleGANTrainConfig = option(default_factory=CycleGANTrainConfig)
+
+    def validate(self) -> None:
+        n = self.model.n_layers_d
+        if self.data.preprocess != "none" and self.data.crop_size < 3 * 2**n:
+            raise ConfigError(
+                f"data.crop_size {self.data.crop_size} is too small for a PatchGAN with "
+                f"model.n_layers_d={n} (needs at least {3 * 2**n}); use a larger size or "
+                f"model.n_layers_d={max(1, (self.data.crop_size // 3).bit_length() - 1)}"
+            )
+        if self.train.lambda_identity > 0 and self.model.input_nc != self.model.output_nc:
+            raise ConfigError(
+                "train.lambda_identity > 0 needs model.input_nc == model.output_nc "
+                "(set train.lambda_identity=0)"
+            )
+
+
+def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """Learning-rate multiplier of (0-based) ``epoch`` (the reference's ``lambda`` policy)."""
+    return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+def build_networks(cfg: CycleGANModelConfig) -> dict[str, nn.Module]:
+    """G_A (A->B), G_B (B->A), D_A (judges B), D_B (judges A) of a model config."""
+    return {
+        "G_A": build_generator(cfg, cfg.input_nc, cfg.output_nc),
+        "G_B": build_generator(cfg, cfg.output_nc, cfg.input_nc),
+        "D_A": build_discriminator(cfg, cfg.output_nc),
+        "D_B": build_discriminator(cfg, cfg.input_nc),
+    }
+
+
+def _network_weights(path: str, name: str) -> dict[str, torch.Tensor]:
+    """Weights for network ``name`` from a reference state dict or a spap checkpoint."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"train.init_networks.{name}: no such file or folder: {path}")
+    if os.path.isdir(path):
+        return _spap_models(path)[name]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable weights file ({first[:200]})") from None
+    if isinstance(state, dict) and state.get("format") == "spap-checkpoint":
+        return _spap_models(path)[name]
+    convert = (
+        convert_reference_generator if name.startswith("G") else convert_reference_discriminator
+    )
+    converted, _ = convert(state)
+    return converted
+
+
+def _spap_models(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    from spap.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, kind="cyclegan")["task"]["models"]
+
+
+def initialise_networks(
+    nets: dict[str, nn.Module], tc: CycleGANTrainConfig, verbose: bool = True
+) -> None:
+    """Apply ``train.init_from`` then ``train.init_networks`` (non-strict loads, logged)."""
+    sources: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
+    if tc.init_from:
+        models = _spap_models(tc.init_from)
+        for name in NETWORKS:
+            if name in models:
+                sources[name] = (tc.init_from, models[name])
+    for name, path in tc.init_networks.items():
+        sources[name] = (path, _network_weights(path, name))
+    for name, (path, state) in sources.items():
+        report = load_weights(nets[name], state, source=f"{path} ({name})")
+        if verbose:
+            log.info("%s initialised from %s: %s", name, path, report.summary())
+
+
+class CycleGANTask(Task):
+    """Trains G_A, G_B, D_A, D_B; ``visuals`` shows translations, cycles and attention maps."""
+
+    kind = "cyclegan"
+    config_class = CycleGANConfig
+
+    def __init__(self, cfg: CycleGANConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        tc = cfg.train
+        nets = build_networks(cfg.model)
+        initialise_networks(nets, tc, verbose=ctx.is_main)
+        self.nets: dict[str, nn.Module] = {name: ctx.prepare(net) for name, net in nets.items()}
+        self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
+        self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
+        betas = tuple(tc.betas)
+        self.opt_G = torch.optim.Adam(
+            itertools.chain(self.G_A.parameters(), self.G_B.parameters()), lr=tc.lr, betas=betas
+        )
+        self.opt_D = torch.optim.Adam(
+            itertools.chain(self.D_A.parameters(), self.D_B.parameters()), lr=tc.lr, betas=betas
+        )
+
+        def factor(epoch: int) -> float:
+            return lr_factor(epoch, tc.n_epochs, tc.n_epochs_decay)
+
+        self.schedulers = {
+            "G": torch.optim.lr_scheduler.LambdaLR(self.opt_G, factor),
+            "D": torch.optim.lr_scheduler.LambdaLR(self.opt_D, factor),
+        }
+        seed = cfg.run.seed
+        # fake_A feeds D_B, fake_B feeds D_A; each rank keeps its own pools
+        self.pools = {
+            "A": ImagePool(tc.pool_size, derive_seed(seed, ctx.rank, _POOL_KEY, 0)),
+            "B": ImagePool(tc.pool_size, derive_seed(seed, ctx.rank, _POOL_KEY, 1)),
+        }
+        self.batch_size = tc.batch_size
+        # the most recent training images (up to num_visuals, across steps when the batch
+        # is smaller), shown by visuals()
+        self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- configuration hooks
+    @staticmethod
+    def apply_size(cfg_dict: dict[str, Any], size: int) -> None:
+        """``--size N``: crop size N, load size round(N * 286 / 256) (the reference's ratio)."""
+        data = cfg_dict.setdefault("data", {})
+        data["crop_size"] = size
+        data["load_size"] = round(size * 286 / 256)
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        from spap.data import build_dataset
+
+        dc = self.cfg.data
+        kwargs: dict[str, Any] = dict(
+            direction=dc.direction,
+            load_size=dc.load_size,
+            crop_size=dc.crop_size,
+            preprocess=dc.preprocess,
+            flip=dc.flip,
+            seed=self.cfg.run.seed,
+            interpolation=dc.interpolation,
+        )
+        layout = dc.layout
+        if layout == "auto":
+            from spap.data import detect_layout
+
+            layout = detect_layout(dc.root, dc.phase)
+        if layout == "unaligned":
+            kwargs["serial_batches"] = dc.serial_batches
+        return build_dataset(layout, dc.root, dc.phase, **kwargs)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        tc = self.cfg.train
+        return (tc.n_epochs + tc.n_epochs_decay) * steps_per_epoch
+
+    # -- one iteration
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        ctx, tc = self.ctx, self.cfg.train
+        real_A = ctx.to_device(batch["A"])
+        real_B = ctx.to_device(batch["B"])
+        for net in self.nets.values():
+            net.train()
+        lam_idt = tc.lambda_identity
+
+        # generators (the discriminators get no gradients)
+        self.D_A.requires_grad_(False)
+        self.D_B.requires_grad_(False)
+        with ctx.autocast():
+            fake_B = self.G_A(real_A)
+            rec_A = self.G_B(fake_B)
+            fake_A = self.G_B(real_B)
+            rec_B = self.G_A(fake_A)
+            pred_fake_B = self.D_A(fake_B)
+            pred_fake_A = self.D_B(fake_A)
+            if lam_idt > 0:
+                idt_A = self.G_A(real_B)
+                idt_B = self.G_B(real_A)
+        losses: dict[str, torch.Tensor] = {
+            "G_A": g_loss(tc.loss, pred_fake_B),
+            "G_B": g_loss(tc.loss, pred_fake_A),
+            "cycle_A": F.l1_loss(rec_A.float(), real_A.float()) * tc.lambda_A,
+            "cycle_B": F.l1_loss(rec_B.float(), real_B.float()) * tc.lambda_B,
+        }
+        if lam_idt > 0:
+            losses["idt_A"] = F.l1_loss(idt_A.float(), real_B.float()) * tc.lambda_B * lam_idt
+            losses["idt_B"] = F.l1_loss(idt_B.float(), real_A.float()) * tc.lambda_A * lam_idt
+        loss_G = sum(losses.values())
+        ctx.optimize(loss_G, self.opt_G, name="loss_G")
+        self.D_A.requires_grad_(True)
+        self.D_B.requires_grad_(True)
+
+        # discriminators, on fakes from the pools
+        pooled_B = self.pools["B"].query(fake_B.float())
+        pooled_A = self.pools["A"].query(fake_A.float())
+        with ctx.autocast():
+            real_B_logits, fake_B_logits = self.D_A(real_B), self.D_A(pooled_B)
+            real_A_logits, fake_A_logits = self.D_B(real_A), self.D_B(pooled_A)
+        losses["D_A"] = d_loss(tc.loss, real_B_logits, fake_B_logits)
+        losses["D_B"] = d_loss(tc.loss, real_A_logits, fake_A_logits)
+        ctx.optimize(losses["D_A"] + losses["D_B"], self.opt_D, name="loss_D")
+
+        n = tc.num_visuals
+        pairs = list(zip(real_A[:n].detach(), real_B[:n].detach()))
+        self._recent = (self._recent + pairs)[-n:]
+        order = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+        return {k: float(losses[k].detach()) for k in order if k in losses}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for sched in self.schedulers.values():
+            sched.step()
+
+    # -- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": {name: net.state_dict() for name, net in self.nets.items()},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "pools": {k: p.state_dict() for k, p in self.pools.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, net in self.nets.items():
+            net.load_state_dict(state["models"][name])
+        self.opt_G.load_state_dict(state["optimizers"]["G"])
+        self.opt_D.load_state_dict(state["optimizers"]["D"])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        for k, p in self.pools.items():
+            p.load_state_dict(state["pools"][k], device=self.ctx.device)
+
+    # -- pictures
+    @torch.no_grad()
+    def visuals(self) -> dict[str, torch.Tensor]:
+        """real_A, fake_B, rec_A, real_B, fake_A, rec_B of the most recent training images
+        (``train.num_visuals`` of them; current weights, eval mode) and, with attention
+        units, each generator unit's maps as heat-map overlays on its input."""
+        if not self._recent:
+            return {}
+        from spap.inference.translate import attention_overlays
+
+        shape_a, shape_b = self._recent[-1][0].shape, self._recent[-1][1].shape
+        recent = [(a, b) for a, b in self._recent if a.shape == shape_a and b.shape == shape_b]
+        real_A = torch.stack([a for a, _ in recent])
+        real_B = torch.stack([b for _, b in recent])
+        modes = {name: net.training for name, net in self.nets.items()}
+        self.G_A.eval()
+        self.G_B.eval()
+        try:
+            fake_B, maps_A = self.G_A.forward_with_attention(real_A)
+            rec_A = self.G_B(fake_B)
+            fake_A, maps_B = self.G_B.forward_with_attention(real_B)
+            rec_B = self.G_A(fake_A)
+        finally:
+            for name, net in self.nets.items():
+                net.train(modes[name])
+        rows = {
+            "real_A": real_A,
+            "fake_B": fake_B,
+            "rec_A": rec_A,
+            "real_B": real_B,
+            "fake_A": fake_A,
+            "rec_B": rec_B,
+        }
+        rows = {k: v.float().cpu() for k, v in rows.items()}
+        rows.update(attention_overlays(rows["real_A"], maps_A, self.G_A, prefix="G_A"))
+        rows.update(attention_overlays(rows["real_B"], maps_B, self.G_B, prefix="G_B"))
+        return rows
