@@ -227,3 +227,18 @@ def test_train_resume_equals_uninterrupted(image_dir: Path, tmp_path: Path) -> N
 def test_dataset_items(image_dir: Path) -> None:
     ds = ImageFolderDataset(image_dir, size=32)
     assert len(ds) == 8 and ds[(0, 0)]["image"].shape == (3, 32, 32)
+
+
+def test_attention_overrides_merge_into_the_file() -> None:
+    cfg = load_config(
+        GANConfig,
+        "gan/celebahq128_spap_c2f",
+        [
+            "model.g_attention.64=none",
+            "model.g_attention.32=sagan",
+            "model.spap_options.order=fine_to_coarse",
+        ],
+    )
+    assert cfg.model.g_attention == {64: "none", 32: "sagan"}
+    assert cfg.model.d_attention == {64: "spap"}
+    assert cfg.model.spap_options == {"order": "fine_to_coarse"}
