@@ -96,6 +96,13 @@ def test_attention_in_g_and_d(kind: str, cls: type) -> None:
     assert d(x).shape == (2,)
 
 
+def test_attention_none_places_no_unit() -> None:
+    g = SNGANGenerator(32, z_dim=8, ch=4, attention={16: "none", 8: "none"})
+    d = SNGANDiscriminator(32, ch=4, attention={8: "none"})
+    assert g.attention_units() == {} and d.attention_units() == {}
+    assert not any(isinstance(m, (SPAP, SelfAttention)) for m in [*g.modules(), *d.modules()])
+
+
 def test_attention_starts_as_identity() -> None:
     """gamma = 0: adding a unit does not change the function at init."""
     torch.manual_seed(1)

@@ -279,6 +279,10 @@ class Sampler:
         except OSError as exc:
             raise SpapError(f"cannot create {out}: {exc.strerror or exc}") from None
         self._check_meta(out, seed)
+        if attention and not self.generator.attention_units():
+            log.warning(
+                "the generator has no attention unit: the attention strips show the samples only"
+            )
         for folder in (out, out / "attention"):
             for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
                 with contextlib.suppress(OSError):
