@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -49,9 +50,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` words may follow or sit between options.
+
+    argparse binds a ``nargs="*"`` positional once, at its first position, so the
+    ``key=value`` words of ``spap train gan --data D --out R train.lr=1e-4`` come back as
+    unrecognised arguments; they are appended (in order) to the subcommand's ``overrides``.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all(map(_is_override, extra)):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _os_error(exc: OSError) -> str:
+    """``[Errno 13] Permission denied: 'x'`` -> ``x: permission denied``."""
+    what = (exc.strerror or _one_line(exc)).rstrip(".")
+    what = what[:1].lower() + what[1:]
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {what}" if names else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
@@ -62,11 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except SpapError as exc:
-        print(f"spap {args.command}: error: {exc}", file=sys.stderr)
+        print(f"spap {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"spap {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # missing/unwritable files, full disk: the user's environment
+        if args.verbose:
+            raise
+        print(f"spap {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # a second SIGINT/SIGTERM during training, or Ctrl-C
+        signum = int(getattr(exc, "signum", signal.SIGINT))
+        print(f"spap {args.command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return int(code or 0)
 
 
