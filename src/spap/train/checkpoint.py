@@ -2,7 +2,10 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so
 that it loads with ``weights_only=True``: a file carrying a pickled payload that would
-run code is refused and the payload never runs.
+run code is refused and the payload never runs. It also holds a SHA-256 digest of its own
+content (``"checksum"``), checked on loading: a file damaged after it was written (a flipped
+bit, overwritten bytes) is reported as corrupt instead of loading wrong weights. PyTorch's
+zip container checks no CRC, so without it such damage would go unnoticed.
 
 Run folder layout::
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import pickle
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 FORMAT = "spap-checkpoint"
 VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+#: Keys without which a checkpoint cannot be resumed from (it is skipped like a corrupt one).
+_RESUME_KEYS = ("step", "task")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -84,11 +90,69 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
+def state_digest(state: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's content: every key, plain value and tensor
+    (dtype, shape, bytes), in order. ``"checksum"`` and ``"path"`` keys are left out."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            if t.numel():
+                flat = t.to("cpu").contiguous().reshape(-1)
+                h.update(flat.view(torch.uint8).numpy().data)
+        elif isinstance(v, Mapping):
+            h.update(b"D%d;" % len(v))
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            h.update(b"L%d;" % len(v))
+            for x in v:
+                walk(x)
+        elif v is None or isinstance(v, (bool, int, float, str, bytes)):
+            h.update(repr((type(v).__name__, v)).encode() + b";")
+        else:  # anything else weights_only can hold (dtype, device ...): its repr
+            h.update(repr(v).encode() + b";")
+
+    walk({k: v for k, v in state.items() if k not in ("checksum", "path")})
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Save ``state`` atomically to ``path``."""
+    """Save ``state`` atomically to ``path``, with its :func:`state_digest` as
+    ``"checksum"``."""
     path = Path(path)
-    atomic_write_bytes(path, lambda fh: torch.save(dict(state), fh))
+    state = {k: v for k, v in state.items() if k not in ("checksum", "path")}
+    state["checksum"] = state_digest(state)
+    atomic_write_bytes(path, lambda fh: torch.save(state, fh))
     return path
+
+
+def _read_pointer(folder: Path) -> str | None:
+    """The file name in ``folder/latest``, or None if missing or unreadable."""
+    try:
+        name = (folder / "latest").read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if _STEP_RE.match(name) else None
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete ``.step_*.tmp`` / ``.latest.*.tmp`` files left by a process killed while
+    writing (SIGKILL, power loss). Returns how many were removed."""
+    folder = Path(folder)
+    removed = 0
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if p.name.startswith((".step_", ".latest.")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed += 1
+    if removed:
+        log.info("removed %d unfinished checkpoint files from %s", removed, folder)
+    return removed
 
 
 class CheckpointManager:
@@ -98,6 +162,7 @@ class CheckpointManager:
     def __init__(self, run_dir: str | Path, keep_last: int = 3) -> None:
         self.folder = checkpoint_dir(run_dir)
         self.keep_last = keep_last
+        remove_stale_temporaries(self.folder)
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
         path = save_checkpoint(state, self.folder / f"step_{step:07d}.pt")
@@ -117,11 +182,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"no such checkpoint file or run folder: {p}")
     run_dir = p.parent if p.name == "checkpoints" else p
     folder = checkpoint_dir(run_dir)
-    latest = folder / "latest"
-    if latest.is_file():
-        candidate = folder / latest.read_text().strip()
-        if candidate.is_file():
-            return candidate
+    name = _read_pointer(folder)
+    if name is not None and (folder / name).is_file():
+        return folder / name
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{p} holds no checkpoint (looked for {folder}/step_*.pt)")
@@ -147,15 +210,31 @@ def load_checkpoint(
                 "(only tensors and plain values are accepted)"
             ) from None
         raise CheckpointError(f"{file}: not a readable checkpoint ({first})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{file}: a folder, not a checkpoint file") from None
+    except PermissionError:
+        raise CheckpointError(f"{file}: permission denied") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"no such checkpoint file: {file}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{file}: truncated or corrupt checkpoint ({first[:200]})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged bytes can fail anywhere in unpickling
+        raise CheckpointError(
+            f"{file}: truncated or corrupt checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{file}: not a spap checkpoint (reference CycleGAN weights are converted with "
             "spap.models.cyclegan.load_reference_generator)"
         )
-    if state.get("version", 0) > VERSION:
+    checksum = state.pop("checksum", None)
+    if checksum is not None and checksum != state_digest(state):
+        raise CheckpointError(
+            f"{file}: corrupt checkpoint (checksum mismatch: the file was damaged or modified "
+            "after it was written)"
+        )
+    if not isinstance(state.get("version", 0), int) or state.get("version", 0) > VERSION:
         raise CheckpointError(
             f"{file}: written by a newer spap (format version {state['version']}); upgrade spap"
         )
@@ -173,14 +252,15 @@ def load_for_resume(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     candidates = list_checkpoints(run_dir)
     if not candidates:
         return None
-    latest = checkpoint_dir(run_dir) / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        candidates.sort(key=lambda p: p.name == name)  # the pointed-to one last (= tried first)
+    name = _read_pointer(checkpoint_dir(run_dir))
+    candidates.sort(key=lambda p: p.name == name)  # the pointed-to one last (= tried first)
     errors = []
     for file in reversed(candidates):
         try:
             state = load_checkpoint(file, kind=kind)
+            missing = [k for k in _RESUME_KEYS if k not in state]
+            if missing:
+                raise CheckpointError(f"{file}: incomplete checkpoint (no {', '.join(missing)})")
         except CheckpointError as exc:
             if kind is not None and "checkpoint is needed" in str(exc):
                 raise
