@@ -67,12 +67,20 @@ def build_config(
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpapError(f"cannot create the run folder {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK):
-        raise SpapError(f"the run folder {out} is not writable")
+    """Fail now if the run folder cannot be created or written, without creating it (it is
+    created once the config, the networks and the dataset are known to be usable)."""
+    if out.exists() and not out.is_dir():
+        raise SpapError(f"the run folder {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():  # the nearest existing ancestor must let us create `out`
+        if parent.is_symlink():
+            raise SpapError(f"cannot create the run folder {out}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SpapError(f"cannot create the run folder {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "is not writable" if parent == out else f"cannot be created in {parent}"
+        raise SpapError(f"the run folder {out} {what} (permission denied)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
 
     task_cls = get_task(args.task)
     out = Path(args.out)
-    base = None
+    base = state = None
     if args.resume:
         if not list_checkpoints(out):
             raise SpapError(f"--resume: {out} holds no checkpoint to resume from")
@@ -97,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         raise SpapError("no dataset: pass --data DIR (or set data.root)")
     _check_writable(out)
     try:
-        summary = run(task_cls, cfg, out, resume=args.resume)
+        summary = run(task_cls, cfg, out, resume=args.resume, resume_state=state)
     except Preempted as exc:
         log.warning("%s", exc)
         return 128 + int(exc.signum)

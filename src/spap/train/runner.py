@@ -28,10 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from spap.errors import ConfigError, DataError, SpapError
+from spap.errors import CheckpointError, ConfigError, DataError, SpapError
 from spap.train import distributed as D
-from spap.train.checkpoint import FORMAT, VERSION, CheckpointManager, load_for_resume
-from spap.train.config import RunConfig, save_yaml, to_dict
+from spap.train.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointManager,
+    atomic_write_bytes,
+    load_for_resume,
+    resolve_checkpoint,
+)
+from spap.train.config import RunConfig, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,28 @@ class Preempted(SpapError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: stop at once, without waiting for the step to end."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _finite_max(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one reduction, one sync)."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device kernels
+        m = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
+    else:  # pragma: no cover - older torch
+        m = torch.stack(
+            [torch.linalg.vector_norm(t.float(), math.inf).to(tensors[0].device) for t in tensors]
+        ).amax()
+    return bool(torch.isfinite(m))
 
 
 # ----------------------------------------------------------------------------- context
@@ -110,18 +139,25 @@ class RunContext:
             self._scalers[name] = torch.amp.GradScaler("cuda")
         return self._scalers[name]
 
+    def _non_finite(self, msg: str, optimizer: torch.optim.Optimizer) -> bool:
+        if self.run.nan_policy == "stop":
+            raise NonFiniteLossError(msg + " (set run.nan_policy=skip to skip such updates)")
+        log.warning("%s: update skipped", msg)
+        self.skipped_updates += 1
+        optimizer.zero_grad(set_to_none=True)
+        return False
+
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, name: str) -> bool:
         """One update: finite check, zero_grad, (scaled) backward, gradient averaging across
-        ranks, (unscaled) step. Returns False when the update was skipped."""
+        ranks, gradient finite check, (unscaled) step. Returns False when the update was
+        skipped (``run.nan_policy=skip``); raises :class:`NonFiniteLossError` naming the loss
+        and the step under ``run.nan_policy=stop``. Either way no non-finite value ever
+        reaches the weights."""
         finite = bool(torch.isfinite(loss.detach()).all())
         if D.any_flag(not finite, self.device):
-            msg = f"loss {name} is {loss.detach().float().item()} at step {self.step}"
-            if self.run.nan_policy == "stop":
-                raise NonFiniteLossError(msg + " (set run.nan_policy=skip to skip such updates)")
-            log.warning("%s: update skipped", msg)
-            self.skipped_updates += 1
-            optimizer.zero_grad(set_to_none=True)
-            return False
+            value = loss.detach().float()
+            value = value.item() if value.numel() == 1 else "not finite"
+            return self._non_finite(f"loss {name} is {value} at step {self.step}", optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         optimizer.zero_grad(set_to_none=True)
         scaler = self._scaler(name)
@@ -131,6 +167,15 @@ class RunContext:
             loss.backward()
         if D.active():
             D.all_reduce_mean_([p.grad for p in params if p.grad is not None])
+        # A finite loss can still have non-finite gradients (e.g. sqrt at 0); stepping with
+        # them would silently turn the weights into NaN. (fp16: the scaler skips such steps.)
+        # After the all-reduce the gradients are the same on every rank: so is the decision.
+        if scaler is None and not _finite_max([p.grad for p in params if p.grad is not None]):
+            return self._non_finite(
+                f"gradient of loss {name} is not finite at step {self.step} "
+                f"(loss {float(loss.detach().float().mean()):.6g})",
+                optimizer,
+            )
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -246,7 +291,7 @@ class SignalGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signum = signum
         log.warning(
             "received %s: saving a checkpoint at the next step boundary (send again to stop now)",
@@ -301,6 +346,7 @@ class _Logger:
         self.run_dir = run_dir
         self.writer = None
         self.bar = None
+        self._write_failed = False
         if not enabled:
             return
         from tqdm.auto import tqdm
@@ -341,7 +387,13 @@ class _Logger:
 
         grid = rows_grid(visuals)
         path = self.run_dir / "samples" / f"step_{step:07d}.png"
-        save_grid(grid, path)
+        try:
+            save_grid(grid, path)
+        except OSError as exc:  # samples are not worth a run: warn, go on (checkpoints decide)
+            if not self._write_failed:
+                log.warning("could not write the sample grid %s: %s", path, exc.strerror or exc)
+            self._write_failed = True
+            path = None
         if self.writer is not None:
             self.writer.add_image("samples", (grid + 1) / 2, step)
         return path
@@ -357,18 +409,70 @@ class _Logger:
 
 
 def run(
-    task_cls: type[Task], cfg: Any, run_dir: str | Path, resume: bool = False
+    task_cls: type[Task],
+    cfg: Any,
+    run_dir: str | Path,
+    resume: bool = False,
+    *,
+    resume_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``task_cls`` with config ``cfg`` into ``run_dir``. Returns a summary dict."""
+    """Train ``task_cls`` with config ``cfg`` into ``run_dir``. Returns a summary dict.
+
+    ``resume`` continues from the run's newest readable checkpoint; ``resume_state`` is
+    that checkpoint when the caller has already loaded it (it is not read twice).
+
+    Nothing is written before the networks and the dataset are built: a config the
+    networks cannot use, or a dataset without a usable image, leaves ``run_dir`` untouched.
+    """
     run_dir = Path(run_dir)
     rc: RunConfig = cfg.run
     info = D.env_info()
     device = D.pick_device(rc.device, info.local_rank)
     D.init(info, rc.dist_backend, device)
     try:
-        return _run(task_cls, cfg, run_dir, resume, info, device)
+        return _run(task_cls, cfg, run_dir, resume, info, device, resume_state)
     finally:
         D.shutdown()
+
+
+def _prepare_run_dir(run_dir: Path, cfg: Any) -> None:
+    import yaml
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+        atomic_write_bytes(run_dir / "config.yaml", lambda fh: fh.write(text))
+    except OSError as exc:
+        raise SpapError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
+
+
+def _check_weights(task_state: dict[str, Any], step: int, device: torch.device) -> None:
+    """Refuse to checkpoint non-finite weights (the last good checkpoint stays ``latest``)."""
+    bad = ""
+    for net, sd in task_state.get("models", {}).items():
+        floats = {k: t for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point()}
+        if not _finite_max(list(floats.values())):
+            bad = next(f"{net}.{k}" for k, t in floats.items() if not torch.isfinite(t).all())
+            break
+    if D.any_flag(bool(bad), device):
+        raise NonFiniteLossError(
+            f"weights {bad or '(on another rank)'} are not finite at step {step}; "
+            "no checkpoint written, the last good one is kept"
+        )
+
+
+@contextlib.contextmanager
+def _name_last_checkpoint(run_dir: Path):
+    """A run stopped by a non-finite value or a failed checkpoint write says which
+    checkpoint it can be resumed from."""
+    try:
+        yield
+    except (NonFiniteLossError, CheckpointError) as exc:
+        try:
+            where = f"the last good checkpoint is {resolve_checkpoint(run_dir)}"
+        except CheckpointError:
+            where = "no checkpoint was saved"
+        raise type(exc)(f"{exc}; {where}") from exc
 
 
 def _run(
@@ -378,13 +482,13 @@ def _run(
     resume: bool,
     info: D.DistInfo,
     device: torch.device,
+    resume_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rc: RunConfig = cfg.run
     ctx = RunContext(rc, device, info)  # checks precision/device before anything is written
-    state = load_for_resume(run_dir, kind=task_cls.kind) if resume else None
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
+    state = resume_state
+    if state is None and resume:
+        state = load_for_resume(run_dir, kind=task_cls.kind)
 
     seed_everything(rc.seed)  # identical initial weights on every rank
     task = task_cls(cfg, ctx)
@@ -400,19 +504,24 @@ def _run(
             f"the dataset has {len(dataset)} usable items, fewer than one batch of "
             f"{task.batch_size} per process; lower the batch size or add data"
         )
-    loader = _loader(dataset, sampler, task.batch_size, rc, device)
-    steps_per_epoch = len(loader)
-    total = rc.steps if rc.steps is not None else task.total_steps(steps_per_epoch)
-
     step, epoch, position = 0, 0, 0
     if state is not None:
-        task.load_state_dict(state["task"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        set_rng_state(state["runner"]["rng"][min(info.rank, len(state["runner"]["rng"]) - 1)])
-        for name, scaler_state in state["runner"].get("scalers", {}).items():
-            scaler = ctx._scaler(name)
-            if scaler is not None:
-                scaler.load_state_dict(scaler_state)
+        try:
+            task.load_state_dict(state["task"])
+            step, epoch, position = state["step"], state["epoch"], state["position"]
+            rngs = state["runner"]["rng"]
+            set_rng_state(rngs[min(info.rank, len(rngs) - 1)])
+            for name, scaler_state in state["runner"].get("scalers", {}).items():
+                scaler = ctx._scaler(name)
+                if scaler is not None:
+                    scaler.load_state_dict(scaler_state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"cannot resume from {state.get('path', 'the checkpoint')}: it does not fit "
+                f"this config ({type(exc).__name__}: {first}); resume without changing "
+                "model keys"
+            ) from None
         if info.is_main:
             log.info(
                 "resuming %s from %s (step %d, epoch %d)", task_cls.kind, state["path"], step, epoch
@@ -420,9 +529,16 @@ def _run(
     else:
         seed_everything(rc.seed + info.rank)  # per-rank noise from here on
 
+    if info.is_main:  # everything is checked: now the run folder may be written
+        _prepare_run_dir(run_dir, cfg)
+    loader = _loader(dataset, sampler, task.batch_size, rc, device)
+    steps_per_epoch = len(loader)
+    total = rc.steps if rc.steps is not None else task.total_steps(steps_per_epoch)
     manager = CheckpointManager(run_dir, rc.keep_last)
 
     def checkpoint() -> Path | None:
+        task_state = task.state_dict()
+        _check_weights(task_state, step, device)
         rng = [rng_state()]
         if D.active():
             gathered: list[Any] = [None] * info.world_size
@@ -439,7 +555,7 @@ def _run(
                     "step": step,
                     "epoch": epoch,
                     "position": position,
-                    "task": task.state_dict(),
+                    "task": task_state,
                     "runner": {"rng": rng, "scalers": ctx.scaler_states()},
                 },
                 step,
@@ -452,7 +568,7 @@ def _run(
     last_ckpt_step = step if state is not None else -1
     summary: dict[str, Any] = {"run_dir": str(run_dir), "start_step": step}
     try:
-        with SignalGuard() as guard:
+        with SignalGuard() as guard, _name_last_checkpoint(run_dir):
             while step < total:
                 sampler.set_epoch(epoch)
                 sampler.set_start(position * task.batch_size)
@@ -471,6 +587,10 @@ def _run(
                     logger.step(step, losses, task.batch_size * info.world_size)
                     if position >= steps_per_epoch:  # the epoch is complete
                         task.on_epoch_end(epoch)
+                        if D.active():  # every rank's share of the epoch
+                            t = torch.tensor([float(skipped_files)], device=device)
+                            D.all_reduce_mean_([t])
+                            skipped_files = round(float(t) * info.world_size)
                         if skipped_files and info.is_main:
                             log.warning(
                                 "epoch %d: %d unreadable files skipped", epoch, skipped_files
