@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     out = base / "run"
     args = ["--data", str(data), "--out", str(out), "--steps", "2", "--size", "32"]
-    assert cli_main(["train", "gan", *over, *args]) == 0
+    assert cli_main(["train", "gan", *args, *over]) == 0
     return out
 
 

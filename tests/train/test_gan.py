@@ -203,7 +203,7 @@ def _train(data: Path, out: Path, steps: int, *extra: str) -> int:
         "train.ema_decay=0.9",
         "train.num_fixed=4",
     ]
-    return cli_main(["train", "gan", *over, *args, *extra])
+    return cli_main(["train", "gan", *args, *extra, *over])
 
 
 def test_train_resume_equals_uninterrupted(image_dir: Path, tmp_path: Path) -> None:
