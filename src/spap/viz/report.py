@@ -14,6 +14,7 @@ so the folder can be copied or zipped as it is.
 from __future__ import annotations
 
 import html
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -147,7 +148,13 @@ def read_scalars(logdir: str | os.PathLike, prefix: str = "") -> dict[str, list[
     if not Path(logdir).is_dir():
         return {}
     acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
-    acc.Reload()
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    tb_log.setLevel(logging.WARNING)  # it logs every event file it opens at INFO
+    try:
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     out: dict[str, list[tuple[int, float]]] = {}
     for tag in sorted(acc.Tags().get("scalars", [])):
         if not tag.startswith(prefix):
