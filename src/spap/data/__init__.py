@@ -31,6 +31,14 @@ from spap.data.io import (
     scan_images,
 )
 from spap.data.sampler import EpochSampler, derive_seed, item_generator
+from spap.data.scenes import (
+    SCENE_CLASSES,
+    SCENE_PALETTE,
+    ids_to_rgb,
+    render_scene,
+    rgb_to_ids,
+    write_scenes,
+)
 from spap.data.transforms import (
     PREPROCESS_OPTIONS,
     ImageTransform,
@@ -46,6 +54,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "PREPROCESS_OPTIONS",
+    "SCENE_CLASSES",
+    "SCENE_PALETTE",
     "AlignedDataset",
     "EpochSampler",
     "ImageFolderDataset",
@@ -59,11 +69,15 @@ __all__ = [
     "check_transform_options",
     "derive_seed",
     "detect_layout",
+    "ids_to_rgb",
     "item_generator",
     "list_images",
     "read_image",
+    "render_scene",
+    "rgb_to_ids",
     "save_image",
     "scan_images",
     "tensor_to_pil",
     "to_tensor_image",
+    "write_scenes",
 ]

@@ -49,6 +49,7 @@ __all__ = [
     "ids_to_rgb",
     "render_scene",
     "rgb_to_ids",
+    "scene_statistics",
     "write_scenes",
 ]
 
@@ -399,7 +400,7 @@ def render_scene(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.
             (float(rng.uniform(-1, 1)) * r * 0.8, float(rng.uniform(-1, 0.6)) * r * 0.8)
             for _ in range(int(rng.integers(3, 6)))
         ]
-        bark = green * np.float32(0.7)  # dark, mossy trunks of the shared green
+        bark = green  # mossy trunks: the shared green, told apart by shape only
 
         def tree(t=t, yb=yb, cx=cx, hgt=hgt, r=r, blobs=blobs, bark=bark) -> None:
             wt = max(t * 0.012, 0.5 / s)
@@ -445,6 +446,51 @@ def render_scene(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.
     photo = np.clip(np.rint(photo), 0, 255).astype(np.uint8)
     ids = cv.label
     return ids_to_rgb(ids), ids, photo
+
+
+def _neighbour_diff(photo: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |horizontal neighbour difference| of the grey photo inside ``mask``."""
+    g = photo.astype(np.float32).mean(-1)
+    both = mask[:, 1:] & mask[:, :-1]
+    return float(np.abs(np.diff(g, axis=1))[both].mean()) if both.any() else float("nan")
+
+
+def scene_statistics(n: int = 40, size: int = 96, seed: int = 0) -> dict[str, object]:
+    """Figures behind the design claims, over scenes ``render_scene(derive_seed(seed, i))``.
+
+    Returns class pixel shares, and per pair of look-alike classes (road/sidewalk,
+    terrain/vegetation), over the scenes holding at least 200 pixels of both: the largest
+    per-channel gap between their mean photo colours averaged over scenes (``colour_bias``,
+    the by-design difference), the median over scenes of that gap per scene
+    (``colour_gap``, larger for coarse textures over small regions), and the median ratio of
+    their fine-texture energies, first class over second (``fine_ratio``).
+    """
+    counts = np.zeros(len(SCENE_CLASSES), np.int64)
+    pairs = {("road", "sidewalk"): ([], []), ("terrain", "vegetation"): ([], [])}
+    index = {name: i for i, name in enumerate(SCENE_CLASSES)}
+    for i in range(n):
+        _, ids, photo = render_scene(derive_seed(seed, i), size)
+        counts += np.bincount(ids.ravel(), minlength=len(SCENE_CLASSES))
+        for (a, b), (gaps, ratios) in pairs.items():
+            ma, mb = ids == index[a], ids == index[b]
+            if ma.sum() >= 200 and mb.sum() >= 200:
+                gaps.append(photo[ma].mean(0) - photo[mb].mean(0))
+                ratios.append(_neighbour_diff(photo, ma) / _neighbour_diff(photo, mb))
+    shares = counts / counts.sum()
+    return {
+        "scenes": n,
+        "size": size,
+        "class_share": {c: round(float(f), 4) for c, f in zip(SCENE_CLASSES, shares)},
+        **{
+            f"{a}/{b}": {
+                "scenes": len(gaps),
+                "colour_bias": round(float(np.abs(np.mean(gaps, axis=0)).max()), 2),
+                "colour_gap": round(float(np.median(np.abs(gaps).max(axis=1))), 2),
+                "fine_ratio": round(float(np.median(ratios)), 2),
+            }
+            for (a, b), (gaps, ratios) in pairs.items()
+        },
+    }
 
 
 def _check_size(size: int) -> None:
