@@ -220,3 +220,11 @@ def test_cyclegan_checkpoint_is_a_one_line_error(
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cyclegan" in err
+
+
+def test_generic_load_gives_a_sampler(run_dir: Path) -> None:
+    from spap.inference import load
+
+    s = load(run_dir, device="cpu", ema=False)
+    assert isinstance(s, Sampler) and not s.ema
+    assert s.sample(1, seed=0).shape == (1, 3, 32, 32)
