@@ -187,6 +187,14 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
     return im.convert(mode) if im.mode != mode else im
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # malformed EXIF must not reject otherwise good pixels
+        return im
+
+
 def read_image(
     path: str | os.PathLike,
     mode: str = "RGB",
@@ -216,11 +224,8 @@ def read_image(
                     raise ImageTooLarge(
                         path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
                     )
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
-                im.load()
-                rotated = ImageOps.exif_transpose(im) or im
-                out = _convert(rotated, mode)
+                im.load()  # the first frame of an animated file; raises if truncated
+                out = _convert(_upright(im), mode)
                 if out is im:  # never hand out the image tied to the file being closed
                     out = out.copy()
     except UnreadableImage:
