@@ -1,0 +1,745 @@
+"""FID, KID and IS through torch-fidelity, with no download ever.
+
+The numbers are torch-fidelity's own (:func:`torch_fidelity.calculate_metrics`); this module
+turns our inputs into torch-fidelity inputs, finds the feature-extractor weights, and keys
+the statistics cache so that it can be trusted.
+
+Inputs (``real`` / ``fake``) may be
+
+- a folder of images (read with :func:`spap.data.io.read_image`, optionally resized to a
+  square ``size`` by resize + centre crop, as torch-fidelity's ``samples_resize_and_crop``);
+- a generator checkpoint file or run folder (``num_samples`` images are drawn on the fly
+  through :func:`spap.inference.load`), or a Python object with ``.sample(n, seed,
+  batch_size)``;
+- FID statistics: a ``.npz`` with ``mu`` and ``sigma`` (written by :func:`save_statistics`,
+  or pytorch-fid's), a torch-fidelity ``...-stat-fid-....pt`` cache file, or a dict;
+- a ``(N, 3, H, W)`` tensor (uint8, or float in [-1, 1]) or a Dataset returning uint8 tensors.
+
+Weights. The default feature extractor is torch-fidelity's ``inception-v3-compat`` (the
+TF-ported Inception ``inception-2015-12-05``). Its weights file comes from ``weights_path``,
+else the environment variable ``SPAP_INCEPTION_WEIGHTS``, else torch.hub's checkpoint folder
+(where torch-fidelity itself keeps it). Any other extractor needs an explicit weights file.
+
+Cache. Features and FID statistics of folder inputs are cached by torch-fidelity under
+``cache_dir`` (default ``$SPAP_CACHE_DIR`` or ``~/.cache/spap/fidelity``), under a name made
+from the folder's files (paths, sizes, modification times), the resize setting, the feature
+extractor and its weights file, so a changed folder or other weights never reuse stale
+numbers. Generated samples are not cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.generative_model_base import GenerativeModelBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from spap.errors import CheckpointError, DataError, SpapError
+
+__all__ = [
+    "CACHE_ENV",
+    "INCEPTION",
+    "INCEPTION_FILE",
+    "INCEPTION_URL",
+    "WEIGHTS_ENV",
+    "ImageFiles",
+    "SamplerModel",
+    "compute_fid",
+    "compute_is",
+    "compute_kid",
+    "compute_metrics",
+    "compute_statistics",
+    "default_cache_dir",
+    "default_inception_path",
+    "list_feature_extractors",
+    "load_statistics",
+    "register_feature_extractor",
+    "resolve_inception_weights",
+    "save_statistics",
+    "to_uint8",
+]
+
+log = logging.getLogger(__name__)
+
+#: torch-fidelity's name of the standard TF-ported Inception v3.
+INCEPTION = "inception-v3-compat"
+#: Where torch-fidelity publishes that network's weights (it would download them from here).
+INCEPTION_URL = URL_INCEPTION_V3
+#: File name of those weights.
+INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[-1]
+#: Environment variable naming the Inception weights file.
+WEIGHTS_ENV = "SPAP_INCEPTION_WEIGHTS"
+#: Environment variable naming the statistics cache folder.
+CACHE_ENV = "SPAP_CACHE_DIR"
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+_STATS_FORMAT = "spap-fid-stats"
+# Extractors that load without a weights file (registered with needs_weights=False).
+_NO_WEIGHTS: set[str] = set()
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def register_feature_extractor(
+    name: str, cls: type[FeatureExtractorBase], *, needs_weights: bool = True
+) -> None:
+    """Make ``cls`` (a torch-fidelity ``FeatureExtractorBase`` subclass) usable by ``name``.
+
+    ``cls(name, features_list, feature_extractor_weights_path=..., **kwargs)`` must build the
+    network without downloading anything; with ``needs_weights`` a weights file is required.
+    Registering the same class twice is a no-op.
+    """
+    from torch_fidelity.registry import register_feature_extractor as _register
+
+    if FEATURE_EXTRACTORS_REGISTRY.get(name) is cls:
+        return
+    if name in FEATURE_EXTRACTORS_REGISTRY:
+        raise SpapError(f"a different feature extractor is already registered as {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, FeatureExtractorBase)):
+        raise SpapError(
+            "a feature extractor must be a torch_fidelity.FeatureExtractorBase subclass"
+        )
+    _register(name, cls)
+    if not needs_weights:
+        _NO_WEIGHTS.add(name)
+
+
+def _register_builtin() -> None:
+    from spap.eval.features import SEGNET_FEATURES, SegNetFeatureExtractor
+
+    register_feature_extractor(SEGNET_FEATURES, SegNetFeatureExtractor)
+
+
+def list_feature_extractors() -> list[str]:
+    """Names usable as ``feature_extractor``."""
+    _register_builtin()
+    return sorted(FEATURE_EXTRACTORS_REGISTRY)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def default_inception_path() -> Path:
+    """torch.hub's checkpoint folder entry for the Inception weights (torch-fidelity's cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def _missing_weights_hint() -> str:
+    return (
+        f"download {INCEPTION_URL} on a machine with internet access and put it at "
+        f"{default_inception_path()}, or point to it with --weights FILE (Python: "
+        f"weights_path=...) or the environment variable {WEIGHTS_ENV}"
+    )
+
+
+def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
+    """The Inception weights file: ``path``, else ``$SPAP_INCEPTION_WEIGHTS``, else
+    :func:`default_inception_path`. Raises :class:`SpapError` saying how to get it."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise SpapError(f"Inception weights file not found: {p}; {_missing_weights_hint()}")
+        return p
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise SpapError(f"{WEIGHTS_ENV}={env} but no such file; {_missing_weights_hint()}")
+        return p
+    p = default_inception_path()
+    if p.is_file():
+        return p
+    raise SpapError(
+        f"the FID Inception weights are missing: {INCEPTION_FILE} (torch-fidelity's TF-ported "
+        f"Inception v3, inception-2015-12-05); nothing is downloaded at run time: "
+        f"{_missing_weights_hint()}"
+    )
+
+
+def _resolve_weights(feature_extractor: str, weights_path: str | os.PathLike | None) -> str | None:
+    if feature_extractor == INCEPTION:
+        return str(resolve_inception_weights(weights_path))
+    if weights_path is None:
+        if feature_extractor in _NO_WEIGHTS:
+            return None
+        raise SpapError(
+            f"feature extractor {feature_extractor!r} needs a weights file (--weights FILE); "
+            "nothing is downloaded at run time"
+        )
+    p = Path(weights_path).expanduser()
+    if p.is_dir() and (p / "segnet.pt").is_file():
+        p = p / "segnet.pt"
+    if not p.is_file():
+        raise SpapError(f"weights file of feature extractor {feature_extractor!r} not found: {p}")
+    return str(p)
+
+
+def _file_tag(path: str | None) -> str:
+    if path is None:
+        return "none"
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 (as ``torchvision.utils.save_image`` would write them)."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.detach().float() + 1.0) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
+class ImageFiles(Dataset):
+    """uint8 ``(3, H, W)`` tensors of image files; optional square resize + centre crop."""
+
+    def __init__(self, files: list[Path], size: int | None = None) -> None:
+        self.files = list(files)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import torchvision.transforms.functional as TF
+
+        from spap.data.io import read_image
+
+        im = read_image(self.files[i])
+        if self.size:
+            im = TF.center_crop(TF.resize(im, self.size), self.size)
+        return TF.pil_to_tensor(im)
+
+
+class _TensorImages(Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise SpapError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        self.images = to_uint8(images.cpu())
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class SamplerModel(GenerativeModelBase):
+    """A ``Sampler`` (``.sample(n, seed, batch_size) -> [-1, 1]``) as a torch-fidelity model.
+
+    torch-fidelity asks for batches; batch ``k`` is drawn with seed ``seed + k``, so the
+    sample set is reproducible. The noise torch-fidelity passes in is ignored.
+    """
+
+    def __init__(self, sampler: Any, seed: int = 0, batch_size: int = 16) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.seed = seed
+        self.batch_size = batch_size
+        self._calls = 0
+
+    @property
+    def z_size(self) -> int:
+        return 1
+
+    @property
+    def z_type(self) -> str:
+        return "normal"
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.sampler.sample(
+            z.shape[0], seed=self.seed + self._calls, batch_size=self.batch_size
+        )
+        self._calls += 1
+        return to_uint8(images).to(z.device)
+
+
+@dataclass
+class _Source:
+    kind: str  # "stats" | "dataset" | "model"
+    obj: Any = None
+    stats: dict[str, Any] | None = None
+    key: str | None = None  # cacheable identity (None: never cached)
+    count: int | None = None
+
+
+def _is_checkpoint(p: Path) -> bool:
+    if p.is_file():
+        return p.suffix.lower() in _CHECKPOINT_SUFFIXES
+    for d in (p, p / "checkpoints"):
+        if d.is_dir() and any(
+            c.suffix.lower() in _CHECKPOINT_SUFFIXES for c in d.iterdir() if c.is_file()
+        ):
+            return True
+    return False
+
+
+def _folder_key(root: Path, files: list[Path], size: int | None) -> str:
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"folder:{root.resolve()}:{len(files)}:{h.hexdigest()}:size={size}"
+
+
+def _load_sampler(path: Path, device: str | torch.device | None) -> Any:
+    import spap.inference
+
+    obj = spap.inference.load(path, device=str(device or "auto"))
+    if not hasattr(obj, "sample"):
+        raise CheckpointError(
+            f"{path} is not an image generator (a translation checkpoint?); FID/KID/IS need a "
+            "GAN checkpoint or a folder of images"
+        )
+    return obj
+
+
+def _resolve(
+    src: Any,
+    *,
+    num_samples: int | None,
+    size: int | None,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device | None = None,
+) -> _Source:
+    if isinstance(src, dict):
+        if "mu" in src and "sigma" in src:
+            return _Source("stats", stats=dict(src))
+        raise SpapError("a statistics dict needs 'mu' and 'sigma'")
+    if isinstance(src, torch.Tensor):
+        ds = _TensorImages(src)
+        return _Source("dataset", ds, count=len(ds))
+    if isinstance(src, GenerativeModelBase):
+        return _Source("model", src, count=_need_num(num_samples))
+    if isinstance(src, Dataset):
+        return _Source("dataset", src, count=len(src))  # type: ignore[arg-type]
+    if hasattr(src, "sample"):
+        return _Source("model", SamplerModel(src, seed, batch_size), count=_need_num(num_samples))
+    if not isinstance(src, (str, os.PathLike)):
+        raise SpapError(f"unsupported input of type {type(src).__name__}")
+    p = Path(src).expanduser()
+    if not p.exists():
+        raise DataError(f"not found: {p}")
+    if p.is_file() and (p.suffix.lower() == ".npz" or "-stat-fid-" in p.name):
+        return _Source("stats", stats=load_statistics(p))
+    if _is_checkpoint(p):
+        model = SamplerModel(_load_sampler(p, device), seed, batch_size)
+        return _Source("model", model, count=_need_num(num_samples))
+    if p.is_dir():
+        from spap.data.io import list_images
+
+        files = list_images(p)
+        if not files:
+            raise DataError(f"no images in {p}")
+        return _Source(
+            "dataset", ImageFiles(files, size), key=_folder_key(p, files, size), count=len(files)
+        )
+    raise SpapError(
+        f"{p}: expected a folder of images, a generator checkpoint or a .npz of statistics"
+    )
+
+
+def _need_num(num_samples: int | None) -> int:
+    if not num_samples or num_samples < 1:
+        raise SpapError(
+            "a generator input needs the number of images to draw (--num N / num_samples)"
+        )
+    return int(num_samples)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _numpy_safe_globals() -> list[Any]:
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    return [
+        core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.float32)),
+        type(np.dtype(np.float64)),
+    ]
+
+
+def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
+    """FID statistics from a ``.npz`` (``mu``, ``sigma`` and optional metadata) or from a
+    torch-fidelity ``...-stat-fid-<layer>.pt`` cache file."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+            for k in ("feature_extractor", "feature_layer", "weights_file", "format"):
+                if k in out:
+                    out[k] = str(out[k])
+            if "num_images" in out:
+                out["num_images"] = int(out["num_images"])
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                out = dict(torch.load(p, map_location="cpu", weights_only=True))
+            stem = p.stem
+            if "-stat-fid-" in stem:
+                out.setdefault("feature_layer", stem.rsplit("-stat-fid-", 1)[1])
+    except (OSError, ValueError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise DataError(f"cannot read FID statistics {p}: {str(exc).splitlines()[0]}") from None
+    if "mu" not in out or "sigma" not in out:
+        raise DataError(f"{p} holds no FID statistics (needs 'mu' and 'sigma')")
+    mu, sigma = np.asarray(out["mu"]), np.asarray(out["sigma"])
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise DataError(f"{p}: mu must be (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+    out["mu"], out["sigma"] = mu, sigma
+    return out
+
+
+def _check_stats(
+    stats: dict[str, Any], feature_extractor: str, layer: str, weights: str | None
+) -> None:
+    fe = stats.get("feature_extractor")
+    if fe is not None and fe != feature_extractor:
+        raise SpapError(
+            f"the statistics were computed with feature extractor {fe!r}, not {feature_extractor!r}"
+        )
+    lay = stats.get("feature_layer")
+    if lay is not None and lay != layer:
+        raise SpapError(f"the statistics were computed on feature layer {lay!r}, not {layer!r}")
+    wf = stats.get("weights_file")
+    if wf and weights and wf != os.path.basename(weights):
+        log.warning(
+            "statistics were computed with weights %s, now using %s", wf, os.path.basename(weights)
+        )
+    if fe is None:
+        log.warning(
+            "statistics without feature-extractor metadata: assuming %s / %s",
+            feature_extractor,
+            layer,
+        )
+
+
+# ----------------------------------------------------------------------------- computing
+
+
+def default_cache_dir() -> Path:
+    """``$SPAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/spap/fidelity`` (``~/.cache/spap/fidelity``)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "spap" / "fidelity"
+
+
+@contextlib.contextmanager
+def _user_errors(feature_extractor: str, weights: str | None) -> Iterator[None]:
+    """torch-fidelity's errors about inputs and weights as one-line SpapErrors."""
+    try:
+        yield
+    except SpapError:
+        raise
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise SpapError(f"cannot load weights {weights} of {feature_extractor!r}: {exc}") from None
+    except RuntimeError as exc:
+        msg = str(exc)
+        if "state_dict" in msg or "PytorchStreamReader" in msg or "invalid load key" in msg:
+            raise SpapError(
+                f"{weights} does not hold the weights of {feature_extractor!r}: {msg.splitlines()[0]}"
+            ) from None
+        if "stack expects each tensor to be equal size" in msg:
+            raise SpapError(
+                "the images differ in size: resize them with --size N (size=N)"
+            ) from None
+        raise
+    except ValueError as exc:  # torch-fidelity's vassert
+        raise SpapError(f"torch-fidelity: {str(exc).splitlines()[0]}") from None
+
+
+def _device_kwargs(
+    device: str | torch.device | None,
+) -> tuple[bool, contextlib.AbstractContextManager[Any]]:
+    if device in (None, "auto"):
+        return torch.cuda.is_available(), contextlib.nullcontext()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpapError("CUDA was requested but is not available")
+        return True, torch.cuda.device(
+            dev.index
+        ) if dev.index is not None else contextlib.nullcontext()
+    return False, contextlib.nullcontext()
+
+
+def _cache_name(src: _Source, fe_tag: str) -> str | None:
+    if src.key is None:
+        return None
+    return "spap-" + hashlib.sha1(f"{src.key}\n{fe_tag}".encode()).hexdigest()[:24]
+
+
+def _setup(
+    feature_extractor: str, weights_path: Any, feature_layer: str | None, metric: str
+) -> tuple[str | None, str, str]:
+    _register_builtin()
+    if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise SpapError(
+            f"unknown feature extractor {feature_extractor!r}; registered: "
+            f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}"
+        )
+    weights = _resolve_weights(feature_extractor, weights_path)
+    cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
+    layer = feature_layer or cls.get_default_feature_layer_for_metric(metric)
+    return weights, layer, f"{feature_extractor}:{_file_tag(weights)}"
+
+
+def compute_metrics(
+    real: Any,
+    fake: Any,
+    *,
+    fid: bool = True,
+    kid: bool = False,
+    isc: bool = False,
+    feature_extractor: str = INCEPTION,
+    weights_path: str | os.PathLike | None = None,
+    feature_layer: str | None = None,
+    num_samples: int | None = None,
+    size: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 2020,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    isc_splits: int = 10,
+    verbose: bool = False,
+) -> dict[str, float]:
+    """FID / KID / IS of ``fake`` against ``real`` (see the module doc for the inputs).
+
+    Args:
+        real: reference images or statistics (ignored when only ``isc`` is asked).
+        fake: generated images (IS is computed on these).
+        fid, kid, isc: which metrics.
+        feature_extractor: a registered name (:func:`list_feature_extractors`).
+        weights_path: its weights file (Inception: see :func:`resolve_inception_weights`).
+        feature_layer: feature used for FID/KID (default: the extractor's own default).
+        num_samples: images drawn from a generator input.
+        size: resize folder images to ``size x size`` (resize + centre crop).
+        batch_size: feature-extraction batch size (also the generator's batch size).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA when available.
+        cache, cache_dir: statistics/features cache of folder inputs.
+        seed: torch-fidelity's ``rng_seed`` (KID subsets, IS split shuffle) and the first
+            generator seed.
+        kid_subsets, kid_subset_size: KID subsets (the size is capped at the input sizes).
+        isc_splits: IS splits (capped at the number of images).
+
+    Returns:
+        a dict with ``fid``, ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std`` (those asked).
+    """
+    if not (fid or kid or isc):
+        raise SpapError("nothing to compute: ask for at least one of FID, KID, IS")
+    weights, layer, fe_tag = _setup(
+        feature_extractor, weights_path, feature_layer, "fid" if (fid or kid) else "isc"
+    )
+    cuda, dev_ctx = _device_kwargs(device)
+    res_kw = {
+        "num_samples": num_samples,
+        "size": size,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    f_src = _resolve(fake, **res_kw)
+    r_src = _resolve(real, **res_kw) if (fid or kid) else None
+    stats_involved = f_src.kind == "stats" or (r_src is not None and r_src.kind == "stats")
+    if stats_involved and (kid or (isc and f_src.kind == "stats")):
+        raise SpapError("KID and IS need images; statistics files only serve FID")
+    kwargs: dict[str, Any] = {
+        "feature_extractor": feature_extractor,
+        "feature_extractor_weights_path": weights,
+        "cuda": cuda,
+        "batch_size": batch_size,
+        "cache": cache,
+        "cache_root": str(Path(cache_dir) if cache_dir else default_cache_dir()),
+        "save_cpu_ram": True,  # no DataLoader worker processes
+        "verbose": verbose,
+        "rng_seed": seed,
+        "datasets_download": False,
+        "input1": f_src.obj,
+        "input1_cache_name": _cache_name(f_src, fe_tag),
+        "input1_model_num_samples": f_src.count if f_src.kind == "model" else None,
+        "isc_splits": max(1, min(isc_splits, f_src.count or isc_splits)),
+    }
+    if feature_layer:
+        kwargs["feature_layer_fid"] = kwargs["feature_layer_kid"] = feature_layer
+    if r_src is not None:
+        kwargs["input2"] = r_src.obj
+        kwargs["input2_cache_name"] = _cache_name(r_src, fe_tag)
+        kwargs["input2_model_num_samples"] = r_src.count if r_src.kind == "model" else None
+        if kid:
+            kwargs["kid_subsets"] = kid_subsets
+            kwargs["kid_subset_size"] = max(
+                2, min(kid_subset_size, f_src.count or 0, r_src.count or 0)
+            )
+    with _user_errors(feature_extractor, weights), dev_ctx:
+        if not stats_involved:
+            raw = torch_fidelity.calculate_metrics(fid=fid, kid=kid, isc=isc, **kwargs)
+        else:
+            raw = _fid_with_statistics(f_src, r_src, layer, weights, kwargs)  # type: ignore[arg-type]
+            if isc:
+                kw = {k: v for k, v in kwargs.items() if not k.startswith("input2")}
+                raw.update(torch_fidelity.calculate_metrics(isc=True, **kw))
+    names = {
+        "frechet_inception_distance": "fid",
+        "kernel_inception_distance_mean": "kid_mean",
+        "kernel_inception_distance_std": "kid_std",
+        "inception_score_mean": "is_mean",
+        "inception_score_std": "is_std",
+    }
+    return {names[k]: float(v) for k, v in raw.items() if k in names}
+
+
+def _fid_with_statistics(
+    f_src: _Source, r_src: _Source, layer: str, weights: str | None, kwargs: dict[str, Any]
+) -> dict[str, float]:
+    from torch_fidelity.metric_fid import (
+        fid_input_id_to_statistics_cached,
+        fid_statistics_to_metric,
+    )
+    from torch_fidelity.utils import create_feature_extractor
+
+    fe = kwargs["feature_extractor"]
+    for src in (f_src, r_src):
+        if src.kind == "stats":
+            assert src.stats is not None
+            _check_stats(src.stats, fe, layer, weights)
+    extractor = None
+    stats = []
+    for slot, src in ((1, f_src), (2, r_src)):
+        if src.kind == "stats":
+            stats.append(src.stats)
+            continue
+        if extractor is None:
+            extractor = create_feature_extractor(fe, [layer], **kwargs)
+        stats.append(fid_input_id_to_statistics_cached(slot, extractor, layer, **kwargs))
+    s1, s2 = (
+        {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)}
+        for s in stats
+    )
+    if s1["mu"].shape != s2["mu"].shape:
+        raise SpapError(
+            f"feature sizes differ: {s1['mu'].shape[0]} vs {s2['mu'].shape[0]} (statistics of "
+            "another feature extractor or layer?)"
+        )
+    return fid_statistics_to_metric(s1, s2, kwargs["verbose"])
+
+
+def compute_fid(real: Any, fake: Any, **kwargs: Any) -> float:
+    """FID of ``fake`` against ``real`` (keyword arguments of :func:`compute_metrics`)."""
+    return compute_metrics(real, fake, fid=True, **kwargs)["fid"]
+
+
+def compute_kid(real: Any, fake: Any, **kwargs: Any) -> tuple[float, float]:
+    """KID (mean, std over subsets) of ``fake`` against ``real``."""
+    out = compute_metrics(real, fake, fid=False, kid=True, **kwargs)
+    return out["kid_mean"], out["kid_std"]
+
+
+def compute_is(fake: Any, **kwargs: Any) -> tuple[float, float]:
+    """Inception Score (mean, std over splits) of ``fake``."""
+    out = compute_metrics(None, fake, fid=False, isc=True, **kwargs)
+    return out["is_mean"], out["is_std"]
+
+
+def compute_statistics(
+    source: Any,
+    *,
+    feature_extractor: str = INCEPTION,
+    weights_path: str | os.PathLike | None = None,
+    feature_layer: str | None = None,
+    num_samples: int | None = None,
+    size: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 2020,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """FID statistics ``{"mu", "sigma", "num_images", "feature_extractor", "feature_layer",
+    "weights_file"}`` of a folder, generator, tensor or dataset."""
+    from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
+    from torch_fidelity.utils import create_feature_extractor
+
+    weights, layer, fe_tag = _setup(feature_extractor, weights_path, feature_layer, "fid")
+    cuda, dev_ctx = _device_kwargs(device)
+    src = _resolve(
+        source, num_samples=num_samples, size=size, seed=seed, batch_size=batch_size, device=device
+    )
+    if src.kind == "stats":
+        raise SpapError("the input already is a statistics file")
+    kwargs: dict[str, Any] = {
+        "feature_extractor": feature_extractor,
+        "feature_extractor_weights_path": weights,
+        "cuda": cuda,
+        "batch_size": batch_size,
+        "cache": cache,
+        "cache_root": str(Path(cache_dir) if cache_dir else default_cache_dir()),
+        "save_cpu_ram": True,
+        "verbose": verbose,
+        "rng_seed": seed,
+        "datasets_download": False,
+        "input1": src.obj,
+        "input1_cache_name": _cache_name(src, fe_tag),
+        "input1_model_num_samples": src.count if src.kind == "model" else None,
+    }
+    with _user_errors(feature_extractor, weights), dev_ctx:
+        extractor = create_feature_extractor(feature_extractor, [layer], **kwargs)
+        stats = fid_input_id_to_statistics_cached(1, extractor, layer, **kwargs)
+    return {
+        "mu": stats["mu"],
+        "sigma": stats["sigma"],
+        "num_images": int(src.count or 0),
+        "feature_extractor": feature_extractor,
+        "feature_layer": layer,
+        "weights_file": os.path.basename(weights) if weights else "",
+    }
+
+
+def save_statistics(source: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Compute (:func:`compute_statistics`) and write FID statistics to a ``.npz`` file."""
+    stats = compute_statistics(source, **kwargs)
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        p = p.with_suffix(p.suffix + ".npz") if p.suffix else p.with_suffix(".npz")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: stats[k] for k in ("feature_extractor", "feature_layer", "weights_file")}
+    np.savez(
+        p,
+        mu=stats["mu"],
+        sigma=stats["sigma"],
+        num_images=np.int64(stats["num_images"]),
+        format=np.str_(_STATS_FORMAT),
+        **{k: np.str_(v) for k, v in meta.items()},
+    )
+    log.info(
+        "wrote FID statistics of %d images to %s (%s)", stats["num_images"], p, json.dumps(meta)
+    )
+    return p

@@ -1,0 +1,140 @@
+"""Paired metrics for datasets with ground truth (facades, maps): PSNR and SSIM.
+
+Written here in a few lines (no extra dependency) following the reference definitions:
+
+- PSNR = 10 log10(MAX^2 / MSE), per image, images in [0, 1] (MAX = 1), averaged over images;
+  identical images give ``inf`` (reported as such, and left out of nothing: the mean is inf).
+- SSIM of Wang et al. (2004): 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03,
+  dynamic range 1, "valid" window positions only (no padding, as in the authors' MATLAB
+  ``ssim_index``), computed per RGB channel and averaged, then averaged over images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spap.errors import DataError
+
+__all__ = ["gaussian_window", "paired_metrics", "psnr", "ssim"]
+
+log = logging.getLogger(__name__)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB of ``(N, C, H, W)`` (or ``(C, H, W)``) images -> ``(N,)``."""
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+    if x.dim() == 3:
+        x, y = x[None], y[None]
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Normalised ``(size, size)`` Gaussian window (float64)."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Per-image SSIM of ``(N, C, H, W)`` (or ``(C, H, W)``) images -> ``(N,)``.
+
+    Images smaller than the window use a window of their smaller side.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+    if x.dim() == 3:
+        x, y = x[None], y[None]
+    x, y = x.double(), y.double()
+    c = x.shape[1]
+    size = min(window_size, x.shape[-1], x.shape[-2])
+    w = gaussian_window(size, sigma).to(x.device)[None, None].expand(c, 1, size, size)
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, groups=c)
+
+    mu_x, mu_y = filt(x), filt(y)
+    sxx = filt(x * x) - mu_x**2
+    syy = filt(y * y) - mu_y**2
+    sxy = filt(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+def _load(path: Path, half: str | None, size: tuple[int, int] | None) -> torch.Tensor:
+    from PIL import Image
+
+    from spap.data.io import read_image
+
+    im = read_image(path)
+    if half is not None:
+        w = im.width // 2
+        im = im.crop((0, 0, w, im.height)) if half == "A" else im.crop((w, 0, 2 * w, im.height))
+    if size is not None and im.size != size:
+        im = im.resize(size, Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float64) / 255.0).permute(2, 0, 1)
+
+
+def paired_metrics(
+    real: str | Path,
+    fake: str | Path,
+    real_half: str | None = None,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """PSNR and SSIM of each fake image against the real image with the same file stem.
+
+    Args:
+        real: folder of ground-truth images (or of aligned ``A|B`` images, see ``real_half``).
+        fake: folder of generated images, named like the real ones (any image suffix).
+        real_half: ``"A"`` / ``"B"`` to take the left / right half of aligned real images.
+        size: resize both to ``size x size`` (bicubic); default: the fake image is resized
+            to the real image's size when they differ.
+
+    Returns:
+        ``{"psnr", "ssim", "num_images", "per_image": {stem: {"psnr", "ssim"}}}``.
+    """
+    from spap.data.io import list_images
+
+    real_files = {p.stem: p for p in list_images(real)}
+    fake_files = {p.stem: p for p in list_images(fake)}
+    common = sorted(set(real_files) & set(fake_files))
+    if not common:
+        raise DataError(
+            f"no image of {fake} has the file name (without suffix) of an image of {real}"
+        )
+    missing = len(real_files) - len(common)
+    if missing:
+        log.warning(
+            "%d real images have no generated counterpart; scoring %d", missing, len(common)
+        )
+    per_image: dict[str, dict[str, float]] = {}
+    for stem in common:
+        r = _load(real_files[stem], real_half, (size, size) if size else None)
+        f = _load(fake_files[stem], None, (size, size) if size else (r.shape[2], r.shape[1]))
+        per_image[stem] = {"psnr": float(psnr(f, r)[0]), "ssim": float(ssim(f, r)[0])}
+    p = [v["psnr"] for v in per_image.values()]
+    s = [v["ssim"] for v in per_image.values()]
+    return {
+        "psnr": float(np.mean(p)) if all(math.isfinite(v) for v in p) else math.inf,
+        "ssim": float(np.mean(s)),
+        "num_images": len(common),
+        "per_image": per_image,
+    }
