@@ -83,7 +83,9 @@ class RunConfig:
         "torch.distributed backend under torchrun: auto (nccl on CUDA, else gloo) | nccl | gloo",
         choices=("auto", "nccl", "gloo"),
     )
-    sync_batchnorm: bool = option(True, "convert BatchNorm to SyncBatchNorm when distributed")
+    sync_batchnorm: bool = option(
+        True, "convert BatchNorm to SyncBatchNorm when distributed on CUDA (CPU ranks keep per-rank statistics)"
+    )
 
 
 # ----------------------------------------------------------------------------- building

@@ -112,7 +112,8 @@ class RunContext:
     def prepare(self, module: nn.Module) -> nn.Module:
         """Move a network to the device (channels_last, SyncBatchNorm, compile by config) and
         give every rank rank 0's weights. Use the returned module."""
-        if D.active() and self.run.sync_batchnorm:
+        if D.active() and self.run.sync_batchnorm and self.device.type == "cuda":
+            # SyncBatchNorm only runs on CUDA; on CPU ranks keep per-rank batch statistics.
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         module = module.to(self.device)
         if self.run.channels_last:
