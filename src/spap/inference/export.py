@@ -1,0 +1,222 @@
+"""Exporting a trained CycleGAN generator: ONNX, TorchScript or safetensors.
+
+>>> result = export_generator("runs/facades_spap", "onnx", "facades_AtoB.onnx")
+>>> result.max_abs_diff          # largest |exported - eager| over the check inputs
+
+Every export is checked numerically against the eager generator (ONNX through
+onnxruntime, TorchScript by reloading the file, safetensors by rebuilding the generator from
+the file alone); a difference above ``tolerance`` (1e-4) fails the export. Spectral-norm
+parametrizations, if any, are baked into plain weights first.
+
+The exported graph is the bare generator: input (N, C, H, W) in [-1, 1] with H and W
+multiples of 4, output (N, C', H, W) in [-1, 1]. ONNX files have dynamic batch, height and
+width (the check runs a second, different shape); TorchScript is traced and is checked at
+a second shape too. Padding other sizes to a multiple of 4 (as :class:`Translator` does)
+is left to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from spap.errors import SpapError
+
+if TYPE_CHECKING:
+    from spap.inference.translate import Translator
+
+__all__ = ["FORMATS", "ExportResult", "export_generator"]
+
+log = logging.getLogger(__name__)
+
+#: Formats :func:`export_generator` writes.
+FORMATS = ("onnx", "torchscript", "safetensors")
+
+
+@dataclass
+class ExportResult:
+    """What was written and how close it is to the eager generator."""
+
+    path: Path
+    format: str
+    direction: str
+    max_abs_diff: float
+    checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    dynamic: bool = True
+
+
+def _inputs(channels: int, size: int) -> list[Tensor]:
+    g = torch.Generator().manual_seed(0)
+    first = torch.rand(1, channels, size, size, generator=g) * 2 - 1
+    second = torch.rand(2, channels, size + 4, size + 8, generator=g) * 2 - 1
+    return [first, second]
+
+
+def _prepare_output(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpapError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise SpapError(f"--output {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise SpapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
+
+
+def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
+    """Write ONNX with dynamic batch/height/width; fall back to fixed shapes. Returns
+    whether the shapes are dynamic."""
+    from torch.export import Dim
+
+    kwargs = dict(
+        input_names=["input"],
+        output_names=["output"],
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        opset_version=opset,
+    )
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines are noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    dyn = {
+        "x": {
+            0: Dim("batch", min=1, max=4096),
+            2: 4 * Dim("h4", min=2, max=4096),
+            3: 4 * Dim("w4", min=2, max=4096),
+        }
+    }
+    try:
+        torch.onnx.export(g, (x,), str(path), dynamic_shapes=dyn, **kwargs)
+        return True
+    except OSError as exc:
+        raise SpapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # an exporter that cannot keep the shapes symbolic
+        log.warning(
+            "dynamic-shape ONNX export failed (%s); exporting for %s only",
+            str(exc).splitlines()[0],
+            tuple(x.shape),
+        )
+    torch.onnx.export(g, (x,), str(path), **kwargs)
+    return False
+
+
+def _run_onnx(path: Path, x: Tensor) -> Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SpapError(
+            "checking an ONNX export needs onnxruntime: pip install onnxruntime"
+        ) from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def _export_torchscript(g: nn.Module, x: Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices and tracer warnings (checked below)
+        traced = torch.jit.trace(g, (x,), check_trace=False)
+        traced.save(str(path))
+
+
+def _run_torchscript(path: Path, x: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(x)
+
+
+def _export_safetensors(g: nn.Module, path: Path, config: dict, direction: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
+    metadata = {
+        "format": "spap-cyclegan-generator",
+        "direction": direction,
+        "input_nc": str(g.input_nc),
+        "output_nc": str(g.output_nc),
+        "config": json.dumps(config),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def export_generator(
+    checkpoint: str | os.PathLike | Translator,
+    format: str,
+    output: str | os.PathLike,
+    direction: str = "AtoB",
+    size: int | None = None,
+    tolerance: float = 1e-4,
+    opset: int | None = None,
+) -> ExportResult:
+    """Export the ``direction`` generator of a CycleGAN checkpoint (file or run folder,
+    or an already loaded :class:`~spap.inference.translate.Translator`, whose generator is
+    then baked in place).
+
+    ``size`` is the square check/tracing input size (default: the training crop size;
+    a multiple of 4). Raises :class:`SpapError` if the exported model differs from the
+    eager one by more than ``tolerance``.
+    """
+    from spap.inference.translate import Translator
+    from spap.layers import remove_spectral_norm
+
+    if format not in FORMATS:
+        raise SpapError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
+    if isinstance(checkpoint, Translator):
+        translator = checkpoint
+    else:
+        translator = Translator.from_checkpoint(checkpoint, device="cpu")
+    g = translator.generator(direction).cpu().eval()
+    g.requires_grad_(False)
+    if size is None:
+        size = int(translator.config.get("data", {}).get("crop_size", 256))
+    if size < 8 or size % 4:
+        raise SpapError(f"--size must be a multiple of 4 and at least 8, got {size}")
+    path = Path(output)
+    _prepare_output(path)
+    inputs = _inputs(g.input_nc, size)
+    with torch.no_grad():  # eager outputs, before spectral norm is baked
+        expected = [g(x) for x in inputs]
+    remove_spectral_norm(g)
+    dynamic = True
+
+    if format == "onnx":
+        dynamic = _export_onnx(g, inputs[0], path, opset)
+        run = _run_onnx
+    elif format == "torchscript":
+        _export_torchscript(g, inputs[0], path)
+        run = _run_torchscript
+    else:
+        _export_safetensors(g, path, translator.config, direction)
+
+        def run(p: Path, x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return Translator.from_safetensors(p, device="cpu").generator(direction)(x)
+
+    checks = inputs if dynamic else inputs[:1]
+    diff = 0.0
+    with torch.no_grad():
+        for x, want in zip(checks, expected):
+            diff = max(diff, float((run(path, x).float() - want).abs().max()))
+    result = ExportResult(path, format, direction, diff, [tuple(x.shape) for x in checks], dynamic)
+    if not diff <= tolerance:
+        raise SpapError(
+            f"{format} export of {path} differs from the eager generator by {diff:.3g} "
+            f"(> {tolerance:g}); the file is kept for inspection"
+        )
+    return result
