@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="C=64, 32x32, fewer variants")
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--repeats", type=int, default=7, help="timed passes per unit")
+    parser.add_argument("--repeats", type=int, default=9, help="timed passes per unit")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--norm", default="batch", help="norm of every unit's factory")
     parser.add_argument("--sn", action="store_true", help="spectral norm in every unit")
