@@ -203,13 +203,21 @@ def load_checkpoint(
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if "Weights only" in text and "Unsupported operand" not in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{file}: refused to load: it holds pickled Python objects that could run code "
-                "(only tensors and plain values are accepted)"
+                f"{file}: refused to load: it holds pickled Python objects that could run "
+                f"code{what}; only tensors and plain values are accepted"
             ) from None
-        raise CheckpointError(f"{file}: not a readable checkpoint ({first})") from None
+        detail = next(
+            (ln for ln in lines if "Unsupported operand" in ln), lines[0] if lines else ""
+        )
+        raise CheckpointError(
+            f"{file}: truncated or corrupt checkpoint (unpickling failed: {detail[:200]})"
+        ) from None
     except IsADirectoryError:
         raise CheckpointError(f"{file}: a folder, not a checkpoint file") from None
     except PermissionError:
@@ -218,6 +226,7 @@ def load_checkpoint(
         raise CheckpointError(f"no such checkpoint file: {file}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0]  # PyTorch's zip errors go on with generic advice
         raise CheckpointError(f"{file}: truncated or corrupt checkpoint ({first[:200]})") from None
     except Exception as exc:  # noqa: BLE001 - damaged bytes can fail anywhere in unpickling
         raise CheckpointError(
