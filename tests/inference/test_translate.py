@@ -223,6 +223,17 @@ def test_cli_translate(plain_ckpt, tmp_path, capsys) -> None:
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["odd.png"]
 
 
+def test_translate_aligned_half(plain_ckpt, tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    (tmp_path / "test").mkdir()
+    pair = rng.integers(0, 255, (16, 33, 3), dtype=np.uint8)  # odd width: last column dropped
+    Image.fromarray(pair).save(tmp_path / "test" / "1.png")
+    t = Translator.from_checkpoint(plain_ckpt, device="cpu")
+    t.translate_folder(tmp_path / "test", tmp_path / "o", half="B", num_workers=0)
+    want = t.translate(Image.fromarray(pair[:, 16:32]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "1.png")), np.asarray(want))
+
+
 def test_cli_errors(plain_ckpt, tmp_path, capsys) -> None:
     gan = tmp_path / "gan.pt"
     save_checkpoint(

@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write OUTPUT/attention/<name>_<unit>.png: each attention map as a coloured "
         "overlay on the input image",
     )
+    p.add_argument(
+        "--input-half",
+        choices=("A", "B"),
+        help="the inputs are aligned A|B images: translate their left (A) or right (B) half",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument(
         "--workers", type=int, default=2, help="image-decoding worker processes (default 2)"
@@ -59,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
         attention=args.attention,
         num_workers=args.workers,
         progress=True,
+        half=args.input_half,
     )
     msg = f"translated {result.written} image(s) {args.direction} into {result.output}"
     if result.attention_written:

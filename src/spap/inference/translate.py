@@ -165,14 +165,14 @@ def _output_names(files: list[Path], root: Path) -> list[Path]:
     return out
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
+def _image_size(path: Path, half: str | None = None) -> tuple[int, int] | None:
     """(H, W) from the file header (EXIF rotation applied), or None if unreadable."""
     try:
         with Image.open(path) as im:
             w, h = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):
                 w, h = h, w
-            return h, w
+            return h, (w // 2 if half else w)
     except Exception:
         return None
 
@@ -180,8 +180,9 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 class _Files(torch.utils.data.Dataset):
     """Decodes images in loader workers; an unreadable file yields its error instead."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], half: str | None = None) -> None:
         self.files = files
+        self.half = half
 
     def __len__(self) -> int:
         return len(self.files)
@@ -191,9 +192,16 @@ class _Files(torch.utils.data.Dataset):
         from spap.data.transforms import to_tensor_image
 
         try:
-            return {"index": i, "image": to_tensor_image(read_image(self.files[i]))}
+            img = read_image(self.files[i])
         except UnreadableImage as exc:
             return {"index": i, "error": exc.reason}
+        if self.half is not None:
+            w2 = img.width // 2
+            if w2 < 1:
+                return {"index": i, "error": f"{img.width}x{img.height} is too narrow to split"}
+            box = (0, 0, w2, img.height) if self.half == "A" else (w2, 0, 2 * w2, img.height)
+            img = img.crop(box)
+        return {"index": i, "image": to_tensor_image(img)}
 
 
 def _size_batches(sizes: list[tuple[int, int] | None], batch_size: int) -> list[list[int]]:
@@ -379,6 +387,7 @@ class Translator:
         attention: bool = False,
         num_workers: int = 2,
         progress: bool = False,
+        half: str | None = None,
     ) -> FolderResult:
         """Translate every image below ``input`` (a folder, searched recursively, or one
         file) into ``output``: ``<same relative path>.png`` per input image and, with
@@ -386,8 +395,11 @@ class Translator:
 
         Decoding runs in ``num_workers`` loader processes and PNG encoding in background
         threads, overlapping the generator; batches hold images of equal size. Unreadable
-        files are skipped with a warning (listed in the result).
+        files are skipped with a warning (listed in the result). ``half="A"`` / ``"B"``
+        translates the left / right half of aligned ``A|B`` images.
         """
+        if half not in (None, "A", "B"):
+            raise SpapError(f"half must be A or B, got {half!r}")
         from spap.data.io import list_images
 
         self.generator(direction)  # fail early on a bad direction
@@ -411,10 +423,10 @@ class Translator:
             raise SpapError(f"the output folder {out} is not writable")
         names = _output_names(files, root)
         result = FolderResult(output=out)
-        sizes = [_image_size(f) for f in files]
+        sizes = [_image_size(f, half) for f in files]
         batches = _size_batches(sizes, max(1, batch_size))
         loader = torch.utils.data.DataLoader(
-            _Files(files),
+            _Files(files, half),
             batch_sampler=batches,
             num_workers=num_workers,
             collate_fn=_collate,
