@@ -77,3 +77,16 @@ def test_paired_metrics_on_folders(tmp_path) -> None:
         Image.fromarray(np.concatenate([np.zeros_like(b), b], 1)).save(aligned / f"{i}.png")
     out2 = paired_metrics(aligned, fake, real_half="B")
     assert out2["per_image"]["1"]["ssim"] == pytest.approx(1.0)
+
+
+def test_fake_name_suffixes(tmp_path) -> None:
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir()
+    fake.mkdir()
+    im = np.full((12, 12, 3), 100, np.uint8)
+    Image.fromarray(im).save(real / "a.png")
+    Image.fromarray(im).save(fake / "a_fake_B.png")
+    assert paired_metrics(real, fake)["num_images"] == 1
+    Image.fromarray(im).save(fake / "a_fake_A.png")
+    with pytest.raises(Exception, match="several generated images"):
+        paired_metrics(real, fake)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,8 @@ def fcn_score(
         gt_ids, ids_format: ground-truth id maps (see :class:`~spap.eval.pairs.AlignedPairs`).
         max_images: score only the first N test pairs.
         include_real: also score the segnet on the real photos (``real_photo``).
-        save_dir: if given, write the generated images there (``<stem>_photo.png``,
-            ``<stem>_labels.png``).
+        save_dir: if given, write the generated images there, named like the test images
+            (``labels2photo/<stem>.png``, ``photo2labels/<stem>.png``).
 
     Returns:
         ``{"labels2photo": scores, "photo2labels": scores, "real_photo": scores,
@@ -145,7 +146,9 @@ def fcn_score(
     }
     out_dir = Path(save_dir) if save_dir else None
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("labels2photo", "photo2labels"):
+            if name in cms:
+                (out_dir / name).mkdir(parents=True, exist_ok=True)
     first = pairs[0]
     tsize = size or first["label"].shape[0]
 
@@ -163,7 +166,7 @@ def fcn_score(
                     cms["labels2photo"].update(pred[0], gts[j])
                     if out_dir:
                         img = to_uint8(fake_photo[j]).permute(1, 2, 0).cpu().numpy()
-                        Image.fromarray(img).save(out_dir / f"{b['name']}_photo.png")
+                        Image.fromarray(img).save(out_dir / "labels2photo" / f"{b['name']}.png")
             if do_p2l:
                 x = torch.stack([to_tensor(resize_rgb(b["photo"], tsize)) for b in batch]).to(tdev)
                 fake_labels = translator.translate(x, direction=to_labels)
@@ -175,7 +178,7 @@ def fcn_score(
                     if out_dir:
                         img = rgb[j].permute(1, 2, 0).numpy()
                         Image.fromarray(np.ascontiguousarray(img)).save(
-                            out_dir / f"{b['name']}_labels.png"
+                            out_dir / "photo2labels" / f"{b['name']}.png"
                         )
             if include_real:
                 for j, b in enumerate(batch):
@@ -191,7 +194,7 @@ def fcn_score(
 
 
 def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and v != v:
+    if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
@@ -201,7 +204,7 @@ def _json_safe(v: Any) -> Any:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write a result dict as JSON (NaN -> null)."""
+    """Write a result dict as JSON (NaN and infinities -> null)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(_json_safe(result), indent=2) + "\n")

@@ -26,6 +26,9 @@ __all__ = ["gaussian_window", "paired_metrics", "psnr", "ssim"]
 
 log = logging.getLogger(__name__)
 
+# Suffixes of generated file names tried when no file has the real image's exact name.
+_FAKE_SUFFIXES = ("_fake_B", "_fake_A", "_fake")
+
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB of ``(N, C, H, W)`` (or ``(C, H, W)``) images -> ``(N,)``."""
@@ -102,8 +105,10 @@ def paired_metrics(
     """PSNR and SSIM of each fake image against the real image with the same file stem.
 
     Args:
-        real: folder of ground-truth images (or of aligned ``A|B`` images, see ``real_half``).
-        fake: folder of generated images, named like the real ones (any image suffix).
+        real: folder of ground-truth images (or of aligned ``A|B`` images, see ``real_half``);
+            both folders are read flat (no sub-folders).
+        fake: folder of generated images, named like the real ones (any image suffix;
+            ``<name>_fake_B``, ``<name>_fake_A`` and ``<name>_fake`` also match ``<name>``).
         real_half: ``"A"`` / ``"B"`` to take the left / right half of aligned real images.
         size: resize both to ``size x size`` (bicubic); default: the fake image is resized
             to the real image's size when they differ.
@@ -113,8 +118,21 @@ def paired_metrics(
     """
     from spap.data.io import list_images
 
-    real_files = {p.stem: p for p in list_images(real)}
-    fake_files = {p.stem: p for p in list_images(fake)}
+    real_files = {p.stem: p for p in list_images(real, recursive=False)}
+    fake_list = list_images(fake, recursive=False)
+    fake_files = {p.stem: p for p in fake_list}
+    by_suffix: dict[str, list[Path]] = {}
+    for p in fake_list:  # "<name>_fake_B.png" as the CycleGAN test script writes them
+        for suffix in _FAKE_SUFFIXES:
+            if p.stem.endswith(suffix) and p.stem[: -len(suffix)] not in fake_files:
+                by_suffix.setdefault(p.stem[: -len(suffix)], []).append(p)
+    for stem, paths in by_suffix.items():
+        if len(paths) > 1:
+            raise DataError(
+                f"{fake}: several generated images for {stem!r} "
+                f"({', '.join(p.name for p in paths)}); put one kind per folder"
+            )
+        fake_files[stem] = paths[0]
     common = sorted(set(real_files) & set(fake_files))
     if not common:
         raise DataError(
