@@ -90,3 +90,43 @@ def test_fake_name_suffixes(tmp_path) -> None:
     Image.fromarray(im).save(fake / "a_fake_A.png")
     with pytest.raises(Exception, match="several generated images"):
         paired_metrics(real, fake)
+
+
+class _Swap:
+    """A 'translator' that returns a fixed image for every input (records its calls)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def translate(self, batch: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        self.calls.append((direction, tuple(batch.shape)))
+        return torch.full_like(batch, self.value)
+
+
+def test_paired_score_translates_one_half(tmp_path) -> None:
+    from spap.eval.paired import paired_score
+
+    test = tmp_path / "aligned" / "test"
+    test.mkdir(parents=True)
+    for i in range(3):
+        left = np.full((8, 8, 3), 10, np.uint8)
+        right = np.full((8, 8, 3), 255, np.uint8)  # [-1, 1] value 1.0 -> 255
+        Image.fromarray(np.concatenate([left, right], 1)).save(test / f"{i}.png")
+    t = _Swap(1.0)
+    out = paired_score(
+        t,
+        tmp_path / "aligned",
+        source_half="A",
+        direction="AtoB",
+        batch_size=2,
+        save_dir=tmp_path / "gen",
+    )
+    assert out["num_images"] == 3 and out["size"] == 8 and math.isinf(out["psnr"])
+    assert out["ssim"] == pytest.approx(1.0)
+    assert t.calls == [("AtoB", (2, 3, 8, 8)), ("AtoB", (1, 3, 8, 8))]
+    assert (tmp_path / "gen" / "2.png").is_file()
+    # against the left half (value 10): MSE = (245/255)^2
+    out = paired_score(_Swap(1.0), tmp_path / "aligned", source_half="B", direction="BtoA", size=16)
+    assert out["size"] == 16
+    assert out["psnr"] == pytest.approx(-20 * math.log10(245 / 255), rel=1e-6)

@@ -163,20 +163,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = ev.add_parser(
         "paired",
         help="PSNR and SSIM against ground truth (facades, maps)",
-        description="PSNR (dB) and SSIM of each generated image against the real image with "
-        "the same file name (suffix ignored), averaged over images.",
+        description="PSNR (dB) and SSIM against ground truth, averaged over images. Either "
+        "two folders (--real, --fake: images matched by file name, suffix ignored; "
+        "<name>_fake_B style names also match), or a CycleGAN checkpoint and an aligned "
+        "folder (--checkpoint, --data): one half of each test image is translated and "
+        "compared with the other half.",
     )
-    q.add_argument("--real", required=True, help="folder of ground-truth images")
-    q.add_argument("--fake", required=True, help="folder of generated images")
+    q.add_argument("--real", help="folder of ground-truth images")
+    q.add_argument("--fake", help="folder of generated images")
     q.add_argument(
         "--real-half",
         choices=("A", "B"),
         help="take the left (A) or right (B) half of aligned real images",
     )
+    q.add_argument("--checkpoint", help="CycleGAN checkpoint file or run folder")
+    q.add_argument("--data", help="aligned folder (holding test/) or split folder")
+    q.add_argument(
+        "--source-half",
+        choices=("A", "B"),
+        default="A",
+        help="half translated with --checkpoint: left A (default) or right B",
+    )
+    q.add_argument(
+        "--direction",
+        choices=("AtoB", "BtoA"),
+        default="AtoB",
+        help="translator direction from the source half's domain (default AtoB)",
+    )
+    q.add_argument("--phase", default="test", help="split folder name (default test)")
+    q.add_argument("--max-images", type=int, help="score only the first N images")
+    q.add_argument("--batch-size", type=int, default=8, help="default 8")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    q.add_argument("--save-images", help="write the translated images to this folder")
     q.add_argument(
         "--size",
         type=int,
-        help="resize both to SIZE x SIZE (default: fake resized to the real size if needed)",
+        help="resize to SIZE x SIZE (folders: default fake resized to the real size; "
+        "checkpoint: default the data's size)",
     )
     q.add_argument("--json", help="also write the numbers (and per-image values) to this file")
     q.set_defaults(func=paired_main)
@@ -289,9 +312,28 @@ def fcn_main(args: argparse.Namespace) -> int:
 
 
 def paired_main(args: argparse.Namespace) -> int:
-    from spap.eval.paired import paired_metrics
+    from spap.errors import SpapError
+    from spap.eval.paired import paired_metrics, paired_score
 
-    out = paired_metrics(args.real, args.fake, real_half=args.real_half, size=args.size)
+    if args.checkpoint or args.data:
+        if not (args.checkpoint and args.data) or args.real or args.fake:
+            raise SpapError("give either --real and --fake, or --checkpoint and --data")
+        out = paired_score(
+            args.checkpoint,
+            args.data,
+            source_half=args.source_half,
+            direction=args.direction,
+            size=args.size,
+            phase=args.phase,
+            batch_size=args.batch_size,
+            device=args.device,
+            max_images=args.max_images,
+            save_dir=args.save_images,
+        )
+    else:
+        if not (args.real and args.fake):
+            raise SpapError("give either --real and --fake, or --checkpoint and --data")
+        out = paired_metrics(args.real, args.fake, real_half=args.real_half, size=args.size)
     psnr = out["psnr"]
     print(f"PSNR: {psnr:.4f} dB" if math.isfinite(psnr) else "PSNR: inf dB")
     print(f"SSIM: {out['ssim']:.4f}")
