@@ -12,8 +12,8 @@
    curves, metric table) and ``OUT/report/metrics.json``.
 
 ``minutes`` is the budget of the whole demo; data generation, evaluation and the report
-are taken from it first, the rest is split between the CycleGAN (80 %) and the
-segmentation net (20 %). Very small budgets still run a few iterations of each, so every
+are taken from it first, the rest is split between the CycleGAN (70 %) and the
+segmentation net (30 %). Very small budgets still run a few iterations of each, so every
 part of the report exists.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spap.errors import ConfigError, SpapError
+from spap.errors import SpapError
 
 __all__ = ["DemoPlan", "plan_demo", "run_demo"]
 
@@ -45,7 +46,7 @@ MARKER = "spap-demo.json"
 #: Sub-folders the demo writes (and deletes when it is run again into the same folder).
 PARTS = ("data", "run", "segnet", "report")
 
-CYCLEGAN_SHARE = 0.8  # of the training budget; the segmentation net gets the rest
+CYCLEGAN_SHARE = 0.7  # of the training budget; the segmentation net gets the rest
 MIN_CYCLEGAN_STEPS = 4
 MIN_SEG_STEPS = 20
 SEG_BATCH = 16
@@ -108,19 +109,7 @@ def cyclegan_config(data_root: Path, plan: DemoPlan, seed: int, device: str, ste
     from spap.train.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANConfig, CycleGANTask
 
-    try:
-        data = read_yaml(DEMO_CONFIG)
-    except ConfigError:  # pragma: no cover - the shipped config is missing
-        data = {
-            "model": {
-                "ngf": 32,
-                "ndf": 32,
-                "n_blocks": 6,
-                "attention": "spap",
-                "g_attention_at": ["trunk_end"],
-                "d_attention_at": [1],
-            }
-        }
+    data = read_yaml(DEMO_CONFIG)
     CycleGANTask.apply_size(data, plan.size)
     total = steps or 1
     epochs = max(1, math.ceil(total / plan.n_train))
@@ -311,7 +300,12 @@ def build_report(
         "cycle (L1, weighted)": ["cycle_A", "cycle_B"],
         "identity (L1, weighted)": ["idt_A", "idt_B"],
     }
-    rep.curves(losses, groups={k: v for k, v in groups.items() if any(n in losses for n in v)})
+    rep.curves(
+        losses,
+        title="Faint: logged values; solid: their exponential moving average (weight 0.8).",
+        groups={k: v for k, v in groups.items() if any(n in losses for n in v)},
+        smooth=0.8,
+    )
     rep.heading("Settings")
     rep.table(
         ["setting", "value"],
@@ -358,18 +352,32 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the metrics dict (also ``out/report/metrics.json``).
 
-    ``threads`` sets PyTorch's CPU threads for the demo (default: PyTorch's own choice; one
-    thread is much faster on a machine whose cores are busy with other work).
+    ``threads`` sets PyTorch's CPU threads for the demo. Default: PyTorch's own choice, or
+    one thread when the machine is already busy (load average above 3/4 of its cores):
+    several threads competing with other work for the same cores make every step many
+    times slower, one thread does not.
     """
     if threads is not None and threads < 1:
         raise SpapError(f"--threads must be at least 1, got {threads}")
     old_threads = torch.get_num_threads()
+    if threads is None and _machine_busy():
+        threads = 1
+        echo("the machine is busy: training with one CPU thread (set --threads to override)")
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run_demo(Path(out), minutes, size, seed, device, echo)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _machine_busy() -> bool:
+    """True when other processes already load most of this machine's cores."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return False
+    return load > 0.75 * (os.cpu_count() or 1)
 
 
 def _run_demo(

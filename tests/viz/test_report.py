@@ -81,3 +81,16 @@ def test_report_writes_page_and_images(tmp_path: Path) -> None:
         assert im.size == (6, 4) and im.getpixel((0, 0)) == (0, 0, 0)
     assert "<td>0.250</td>" in text
     assert text.count("<svg") == 1 and text.count("<polyline") == 2
+
+
+def test_line_chart_smoothing_and_thinning() -> None:
+    pts = [(i, float(i % 2)) for i in range(1000)]  # alternating 0, 1
+    svg = line_chart_svg({"a": pts}, smooth=0.9, max_points=50)
+    lines = re.findall(r'<polyline[^>]*points="([^"]+)"', svg)
+    assert len(lines) == 2 and 'stroke-opacity="0.25"' in svg  # raw (faint) + EMA
+    raw, ema = ([tuple(map(float, p.split(","))) for p in line.split()] for line in lines)
+    assert len(raw) == len(ema) == 50
+    # the raw series spans the whole height, the EMA of 0/1 stays near the middle
+    raw_span = max(y for _, y in raw) - min(y for _, y in raw)
+    ema_span = max(y for _, y in ema[10:]) - min(y for _, y in ema[10:])
+    assert ema_span < 0.3 * raw_span

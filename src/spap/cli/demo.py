@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on busy machines)",
+        help="PyTorch CPU threads (default: PyTorch's choice, or 1 when the machine is busy)",
     )
     p.set_defaults(func=main)
 

@@ -82,9 +82,16 @@ def line_chart_svg(
     title: str = "",
     width: int = 300,
     height: int = 170,
+    smooth: float = 0.0,
+    max_points: int = 300,
 ) -> str:
     """An inline SVG line chart of ``{name: [(x, y), ...]}`` (one polyline per name, shared
-    axes, min/max tick labels, a legend). Non-finite points are dropped."""
+    axes, min/max tick labels, a legend). Non-finite points are dropped.
+
+    ``smooth`` in [0, 1) draws the raw values faintly and, on top, their exponential moving
+    average with that weight (as TensorBoard's smoothing slider). Polylines are thinned to
+    at most ``max_points`` points.
+    """
     clean = {
         k: [(float(x), float(y)) for x, y in v if math.isfinite(x) and math.isfinite(y)]
         for k, v in series.items()
@@ -116,17 +123,29 @@ def line_chart_svg(
     def py(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
+    def polyline(pts: list[tuple[float, float]], color: str, extra: str = "") -> str:
+        if len(pts) > max_points:
+            step = (len(pts) - 1) / (max_points - 1)
+            pts = [pts[round(i * step)] for i in range(max_points)]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        return (
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.2"{extra} points="{coords}"/>'
+        )
+
     for i, (name, pts) in enumerate(clean.items()):
         color = _COLORS[i % len(_COLORS)]
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         if len(pts) == 1:
-            parts.append(
-                f'<circle cx="{px(pts[0][0]):.1f}" cy="{py(pts[0][1]):.1f}" r="2" fill="{color}"/>'
-            )
+            x, y = pts[0]
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2" fill="{color}"/>')
+        elif smooth > 0:
+            parts.append(polyline(pts, color, ' stroke-opacity="0.25"'))
+            ema, avg = [], pts[0][1]
+            for x, y in pts:
+                avg = smooth * avg + (1 - smooth) * y
+                ema.append((x, avg))
+            parts.append(polyline(ema, color))
         else:
-            parts.append(
-                f'<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{coords}"/>'
-            )
+            parts.append(polyline(pts, color))
         parts.append(
             f'<text x="{left + 4 + 70 * i}" y="{height - 4}" fill="{color}">{html.escape(name)}</text>'
         )
@@ -275,13 +294,16 @@ class Report:
         groups: Mapping[str, Sequence[str]] | None = None,
         width: int = 300,
         height: int = 170,
+        smooth: float = 0.0,
     ) -> None:
         """Inline SVG charts: one per group (``{chart title: [series names]}``), or one per
-        series when no groups are given."""
+        series when no groups are given (``smooth``: see :func:`line_chart_svg`)."""
         if groups is None:
             groups = {k: [k] for k in series}
         charts = [
-            line_chart_svg({k: series[k] for k in names if k in series}, t, width, height)
+            line_chart_svg(
+                {k: series[k] for k in names if k in series}, t, width, height, smooth=smooth
+            )
             for t, names in groups.items()
         ]
         head = f"<p>{html.escape(title)}</p>" if title else ""
