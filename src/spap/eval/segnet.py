@@ -1,6 +1,6 @@
 """Segmentation networks that score translated photos (FCN-score).
 
-- ``"small"`` (default): a tiny U-Net (three poolings, dilated bottleneck, about 0.5 M
+- ``"small"`` (default): a tiny U-Net (three poolings, dilated bottleneck, about 0.8 M
   parameters at width 32) that trains in minutes on a CPU;
 - ``"fcn_resnet50"`` / ``"deeplabv3_resnet50"``: torchvision's architectures, built with
   ``weights=None, weights_backbone=None`` (nothing is downloaded; train them here or load
@@ -184,6 +184,8 @@ def load_segnet(
     model = build_segnet(config["arch"], int(config["num_classes"]), int(config["width"]))
     if isinstance(model, TorchvisionSegNet) and not any(k.startswith("model.") for k in state):
         state = {f"model.{k}": v for k, v in state.items()}  # a bare torchvision state dict
+    if isinstance(model, TorchvisionSegNet):  # the auxiliary head is not used for scoring
+        state = {k: v for k, v in state.items() if not k.startswith("model.aux_classifier.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
