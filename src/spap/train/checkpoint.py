@@ -176,6 +176,8 @@ class CheckpointManager:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file as given, or a run folder's (or checkpoints folder's) latest one."""
     p = Path(path)
+    if p.is_file() and p.name == "latest" and p.parent.name == "checkpoints":
+        p = p.parent  # the pointer file itself: follow it
     if p.is_file():
         return p
     if not p.exists():

@@ -244,7 +244,8 @@ class CycleGANTask(Task):
         super().__init__(cfg, ctx)
         tc = cfg.train
         nets = build_networks(cfg.model)
-        initialise_networks(nets, tc, verbose=ctx.is_main)
+        if not ctx.resuming:  # on resume the checkpoint overwrites everything anyway
+            initialise_networks(nets, tc, verbose=ctx.is_main)
         self.nets: dict[str, nn.Module] = {name: ctx.prepare(net) for name, net in nets.items()}
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]

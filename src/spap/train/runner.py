@@ -91,6 +91,9 @@ class RunContext:
         self.is_main = info.is_main
         self.step = 0
         self.skipped_updates = 0
+        #: True when the task's state will be loaded from a checkpoint right after it is built
+        #: (tasks skip one-off initialisation such as loading pretrained weights).
+        self.resuming = False
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         if run.precision == "fp16" and device.type != "cuda":
             raise ConfigError(
@@ -491,6 +494,7 @@ def _run(
     if state is None and resume:
         state = load_for_resume(run_dir, kind=task_cls.kind)
 
+    ctx.resuming = state is not None
     seed_everything(rc.seed)  # identical initial weights on every rank
     task = task_cls(cfg, ctx)
     dataset = task.build_dataset()
