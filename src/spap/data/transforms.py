@@ -68,22 +68,24 @@ def check_transform_options(
     crop_size: int,
     *,
     prefix: str = "",
+    crop_key: str = "crop_size",
 ) -> None:
     """Raise :class:`~spap.errors.ConfigError` for impossible preprocessing settings.
 
-    ``prefix`` is prepended to the key names in messages (e.g. ``"data."``).
+    ``prefix`` is prepended to the key names in messages (e.g. ``"data."``); ``crop_key``
+    is the name of the crop-size key in the caller's config.
     """
     if preprocess not in PREPROCESS_OPTIONS:
         raise ConfigError(
             f"{prefix}preprocess: unknown option {preprocess!r}; "
             f"choose one of {', '.join(PREPROCESS_OPTIONS)}"
         )
-    for key, value in (("load_size", load_size), ("crop_size", crop_size)):
+    for key, value in (("load_size", load_size), (crop_key, crop_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{prefix}{key} must be a positive integer, got {value!r}")
     if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop_size > load_size:
         raise ConfigError(
-            f"{prefix}crop_size ({crop_size}) is larger than {prefix}load_size ({load_size}): "
+            f"{prefix}{crop_key} ({crop_size}) is larger than {prefix}load_size ({load_size}): "
             f"with preprocess={preprocess} the crop must fit in the resized image"
         )
 

@@ -27,6 +27,7 @@ __all__ = [
     "attention_options",
     "attention_units",
     "build_attention",
+    "check_attention_options",
     "record_attention",
     "spatial_attention",
 ]
@@ -68,6 +69,16 @@ def build_attention(
     if "rates" in options and options["rates"] is not None:
         options["rates"] = tuple(options["rates"])  # YAML gives lists
     return _UNITS[kind](channels, factory=factory, **options)
+
+
+def check_attention_options(kind: str, options: dict[str, Any], key: str) -> None:
+    """Validate a config's options for ``kind`` by building a small unit; errors name ``key``."""
+    if kind == "none":
+        return
+    try:
+        build_attention(kind, 16, **dict(options))
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def attention_units(model: nn.Module) -> Iterator[tuple[str, AttentionUnit]]:

@@ -63,6 +63,7 @@ from torch.nn.utils import parametrize
 
 from spap.errors import CheckpointError, ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
+from spap.layers.attention import check_attention_options
 from spap.train.config import option, suggest
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,12 @@ class CycleGANModelConfig:
             )
         generator_slots(self.g_attention_at, self.n_blocks)
         discriminator_slots(self.d_attention_at, self.n_layers_d)
+        check_attention_options(
+            self.attention, self.g_attention_options, "model.g_attention_options"
+        )
+        check_attention_options(
+            self.attention, self.d_attention_options, "model.d_attention_options"
+        )
 
 
 def _as_config(cfg: CycleGANModelConfig | Mapping[str, Any] | None) -> CycleGANModelConfig:

@@ -33,6 +33,7 @@ from torch import nn
 from spap.data.sampler import derive_seed
 from spap.errors import ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
+from spap.layers.attention import check_attention_options
 from spap.train.config import option
 
 __all__ = [
@@ -133,6 +134,8 @@ class SNGANConfig:
     )
 
     def validate(self) -> None:
+        check_attention_options("spap", self.spap_options, "model.spap_options")
+        check_attention_options("sagan", self.sagan_options, "model.sagan_options")
         self.g_attention = _attention_map(
             self.g_attention,
             g_block_resolutions(self.resolution),

@@ -54,7 +54,7 @@ class GANDataConfig:
 
     def validate(self) -> None:
         check_transform_options(
-            self.preprocess, self.load_size or self.size, self.size, prefix="data."
+            self.preprocess, self.load_size or self.size, self.size, prefix="data.", crop_key="size"
         )
 
 
