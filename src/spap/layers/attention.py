@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from spap.errors import ConfigError
@@ -76,7 +77,8 @@ def check_attention_options(kind: str, options: dict[str, Any], key: str) -> Non
     if kind == "none":
         return
     try:
-        build_attention(kind, 16, **dict(options))
+        with torch.random.fork_rng(devices=[]):  # building must not consume random numbers
+            build_attention(kind, 16, **dict(options))
     except ConfigError as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
