@@ -402,8 +402,9 @@ def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
             stem = p.stem
             if "-stat-fid-" in stem:
                 out.setdefault("feature_layer", stem.rsplit("-stat-fid-", 1)[1])
-    except (OSError, ValueError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise DataError(f"cannot read FID statistics {p}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure here means a damaged file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot read FID statistics {p}: {first}") from None
     if "mu" not in out or "sigma" not in out:
         raise DataError(f"{p} holds no FID statistics (needs 'mu' and 'sigma')")
     mu, sigma = np.asarray(out["mu"]), np.asarray(out["sigma"])

@@ -154,7 +154,8 @@ def load_segnet(
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise CheckpointError(
-            f"cannot load {path} as a weights-only checkpoint: {str(exc).splitlines()[0]}"
+            f"cannot load {path} as a weights-only checkpoint: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0]}"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         config, state = dict(obj["config"]), obj["state_dict"]
