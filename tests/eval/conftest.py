@@ -11,16 +11,6 @@ import torch
 from PIL import Image
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core machine two spinning OpenMP threads made the
-    tiny convolutions of these tests up to 25x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_inception(path: Path) -> Path:
     """torch-fidelity's Inception with random weights, saved as its weights file would be.
 

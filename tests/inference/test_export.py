@@ -15,15 +15,6 @@ from spap.inference.export import export_generator
 from spap.inference.translate import Translator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks run faster so, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _helpers():
     spec = importlib.util.spec_from_file_location(
         "_translate_tests", Path(__file__).with_name("test_translate.py")

@@ -16,15 +16,6 @@ from spap.inference.sample import Sampler, overlay
 from spap.train.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and fair to a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step GAN run (32 px, SAGAN at 8x8 and SPAP at 16x16 in G)."""

@@ -16,16 +16,6 @@ from spap.train.checkpoint import FORMAT, VERSION, save_checkpoint
 from spap.train.config import from_dict, to_dict
 from spap.train.cyclegan import CycleGANConfig, build_networks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks run faster so, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SPAP = {
     "attention": "spap",
     "g_attention_at": ["down:0", "trunk_end"],

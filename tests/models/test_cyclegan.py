@@ -18,16 +18,6 @@ from spap.models.cyclegan import (
     load_weights,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks run faster so, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(ngf=8, ndf=8, n_blocks=3)
 
 

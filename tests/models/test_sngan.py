@@ -23,15 +23,6 @@ from spap.models.sngan import (
 from spap.train.config import from_dict, to_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and fair to a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("res", [32, 64, 128, 256])
 def test_shapes_per_resolution(res: int) -> None:
     g = SNGANGenerator(res, z_dim=8, ch=2)

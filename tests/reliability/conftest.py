@@ -6,20 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # relutil, toytask
 
 from relutil import huge_png  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as in the subprocesses: bitwise comparable results."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,6 @@ from spap.errors import ConfigError
 from spap.train.losses import d_loss, g_loss, gan_loss
 from spap.train.pool import ImagePool
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks run faster so, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 REAL = torch.tensor([[2.0, 0.0], [1.0, -1.0]])
 FAKE = torch.tensor([[-1.0, 0.5], [0.0, 3.0]])
 

@@ -17,16 +17,6 @@ from spap.train.config import from_dict, load_config
 from spap.train.cyclegan import CycleGANConfig, CycleGANTask, lr_factor
 from spap.train.runner import RunContext
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks run faster so, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {
     "data": {"root": "unused", "crop_size": 32, "load_size": 36},
     "model": {"ngf": 8, "ndf": 8, "n_blocks": 2},
