@@ -9,15 +9,17 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a CycleGAN generator (ONNX, TorchScript, safetensors)",
-        description="Export one generator of a CycleGAN checkpoint and check it numerically "
-        "against the eager model (max abs difference <= 1e-4, printed). The exported model "
-        "takes (N, C, H, W) in [-1, 1], H and W multiples of 4 (ONNX: dynamic N, H, W).",
+        help="export a generator (ONNX, TorchScript, safetensors)",
+        description="Export one generator of a CycleGAN checkpoint, or a GAN's (EMA) generator, "
+        "and check it numerically against the eager model (max abs difference <= 1e-4, "
+        "printed). A CycleGAN generator takes (N, C, H, W) in [-1, 1], H and W multiples of 4 "
+        "(ONNX: dynamic N, H, W); a GAN generator takes latents (N, z_dim) ~ N(0, 1) (ONNX: "
+        "dynamic N).",
     )
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="CycleGAN checkpoint file or run folder (latest checkpoint)",
+        help="CycleGAN or GAN checkpoint file, or run folder (latest checkpoint)",
     )
     p.add_argument(
         "--format",

@@ -1,4 +1,4 @@
-"""Exporting a trained CycleGAN generator: ONNX, TorchScript or safetensors.
+"""Exporting a trained generator (CycleGAN or GAN): ONNX, TorchScript or safetensors.
 
 >>> result = export_generator("runs/facades_spap", "onnx", "facades_AtoB.onnx")
 >>> result.max_abs_diff          # largest |exported - eager| over the check inputs
@@ -13,6 +13,9 @@ multiples of 4, output (N, C', H, W) in [-1, 1]. ONNX files have dynamic batch, 
 width (the check runs a second, different shape); TorchScript is traced and is checked at
 a second shape too. Padding other sizes to a multiple of 4 (as :class:`Translator` does)
 is left to the caller.
+
+For a GAN checkpoint the exported graph is the (EMA) generator: input latents (N, z_dim)
+drawn from N(0, 1), output (N, 3, R, R) in [-1, 1]; ONNX has a dynamic batch.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import Tensor, nn
 from spap.errors import SpapError
 
 if TYPE_CHECKING:
+    from spap.inference.sample import Sampler
     from spap.inference.translate import Translator
 
 __all__ = ["FORMATS", "ExportResult", "export_generator"]
@@ -78,8 +82,8 @@ def _prepare_output(path: Path) -> None:
 
 
 def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
-    """Write ONNX with dynamic batch/height/width; fall back to fixed shapes. Returns
-    whether the shapes are dynamic."""
+    """Write ONNX with dynamic batch (and height/width for images); fall back to fixed
+    shapes. Returns whether the shapes are dynamic."""
     from torch.export import Dim
 
     kwargs = dict(
@@ -92,13 +96,10 @@ def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool
     )
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines are noise here
         logging.getLogger(name).setLevel(logging.WARNING)
-    dyn = {
-        "x": {
-            0: Dim("batch", min=1, max=4096),
-            2: 4 * Dim("h4", min=2, max=4096),
-            3: 4 * Dim("w4", min=2, max=4096),
-        }
-    }
+    dims = {0: Dim("batch", min=1, max=4096)}
+    if x.dim() == 4:
+        dims.update({2: 4 * Dim("h4", min=2, max=4096), 3: 4 * Dim("w4", min=2, max=4096)})
+    dyn = {next(iter(_forward_args(g))): dims}
     try:
         torch.onnx.export(g, (x,), str(path), dynamic_shapes=dyn, **kwargs)
         return True
@@ -112,6 +113,12 @@ def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool
         )
     torch.onnx.export(g, (x,), str(path), **kwargs)
     return False
+
+
+def _forward_args(g: nn.Module) -> list[str]:
+    import inspect
+
+    return [n for n in inspect.signature(g.forward).parameters if n != "self"]
 
 
 def _run_onnx(path: Path, x: Tensor) -> Tensor:
@@ -155,8 +162,57 @@ def _export_safetensors(g: nn.Module, path: Path, config: dict, direction: str) 
     save_file(tensors, str(path), metadata=metadata)
 
 
+def _export_gan(
+    sampler: Sampler, format: str, path: Path, tolerance: float, opset: int | None
+) -> ExportResult:
+    from spap.inference.sample import Sampler
+    from spap.layers import remove_spectral_norm
+
+    g = sampler.generator.cpu().eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, g.z_dim, generator=gen), torch.randn(3, g.z_dim, generator=gen)]
+    with torch.no_grad():
+        expected = [g(z) for z in inputs]
+    remove_spectral_norm(g)
+    dynamic = True
+    if format == "onnx":
+        dynamic = _export_onnx(g, inputs[0], path, opset)
+        run = _run_onnx
+    elif format == "torchscript":
+        _export_torchscript(g, inputs[0], path)
+        run = _run_torchscript
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
+        meta = {"format": "spap-gan-generator", "config": json.dumps(sampler.config)}
+        save_file(tensors, str(path), metadata=meta)
+
+        def run(p: Path, z: Tensor) -> Tensor:
+            with torch.no_grad():
+                return Sampler.from_safetensors(p, device="cpu").generator(z)
+
+    return _check(
+        path, format, "z", inputs if dynamic else inputs[:1], expected, run, tolerance, dynamic
+    )
+
+
+def _check(path, format, direction, checks, expected, run, tolerance, dynamic) -> ExportResult:  # noqa: ANN001
+    diff = 0.0
+    with torch.no_grad():
+        for x, want in zip(checks, expected):
+            diff = max(diff, float((run(path, x).float() - want).abs().max()))
+    result = ExportResult(path, format, direction, diff, [tuple(x.shape) for x in checks], dynamic)
+    if not diff <= tolerance:
+        raise SpapError(
+            f"{format} export of {path} differs from the eager generator by {diff:.3g} "
+            f"(> {tolerance:g}); the file is kept for inspection"
+        )
+    return result
+
+
 def export_generator(
-    checkpoint: str | os.PathLike | Translator,
+    checkpoint: str | os.PathLike | Translator | Sampler,
     format: str,
     output: str | os.PathLike,
     direction: str = "AtoB",
@@ -166,21 +222,32 @@ def export_generator(
 ) -> ExportResult:
     """Export the ``direction`` generator of a CycleGAN checkpoint (file or run folder,
     or an already loaded :class:`~spap.inference.translate.Translator`, whose generator is
-    then baked in place).
+    then baked in place), or the generator of a GAN checkpoint (EMA weights; ``direction``
+    and ``size`` do not apply).
 
     ``size`` is the square check/tracing input size (default: the training crop size;
     a multiple of 4). Raises :class:`SpapError` if the exported model differs from the
     eager one by more than ``tolerance``.
     """
+    from spap.inference.sample import Sampler
     from spap.inference.translate import Translator
     from spap.layers import remove_spectral_norm
 
     if format not in FORMATS:
         raise SpapError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
-    if isinstance(checkpoint, Translator):
-        translator = checkpoint
+    if isinstance(checkpoint, (Translator, Sampler)):
+        loaded = checkpoint
+    elif str(checkpoint).endswith(".safetensors"):
+        loaded = Translator.from_checkpoint(checkpoint, device="cpu")
     else:
-        translator = Translator.from_checkpoint(checkpoint, device="cpu")
+        from spap.inference import load
+
+        loaded = load(checkpoint, device="cpu")
+    if isinstance(loaded, Sampler):
+        path = Path(output)
+        _prepare_output(path)
+        return _export_gan(loaded, format, path, tolerance, opset)
+    translator = loaded
     g = translator.generator(direction).cpu().eval()
     g.requires_grad_(False)
     if size is None:
@@ -209,14 +276,4 @@ def export_generator(
                 return Translator.from_safetensors(p, device="cpu").generator(direction)(x)
 
     checks = inputs if dynamic else inputs[:1]
-    diff = 0.0
-    with torch.no_grad():
-        for x, want in zip(checks, expected):
-            diff = max(diff, float((run(path, x).float() - want).abs().max()))
-    result = ExportResult(path, format, direction, diff, [tuple(x.shape) for x in checks], dynamic)
-    if not diff <= tolerance:
-        raise SpapError(
-            f"{format} export of {path} differs from the eager generator by {diff:.3g} "
-            f"(> {tolerance:g}); the file is kept for inspection"
-        )
-    return result
+    return _check(path, format, direction, checks, expected, run, tolerance, dynamic)

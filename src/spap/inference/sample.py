@@ -147,8 +147,11 @@ class Sampler:
         step: int = 0,
         ema: bool = True,
         source: str = "",
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
+        #: The run's resolved config (plain dict), as stored in the checkpoint.
+        self.config = dict(config or {})
         self.device = next(generator.parameters()).device
         self.step = step
         self.ema = ema
@@ -196,7 +199,37 @@ class Sampler:
             ) from None
         device = pick_device(str(device)) if not isinstance(device, torch.device) else device
         generator.to(device)
-        return cls(generator, step=int(ckpt.get("step", 0)), ema=ema, source=str(file))
+        return cls(
+            generator, step=int(ckpt.get("step", 0)), ema=ema, source=str(file),
+            config=ckpt["config"],
+        )  # fmt: skip
+
+    @classmethod
+    def from_safetensors(
+        cls, path: str | os.PathLike, device: str | torch.device = "auto"
+    ) -> Sampler:
+        """From a generator exported with ``spap export --format safetensors``."""
+        import json
+
+        from safetensors import safe_open
+
+        from spap.train.config import from_dict
+        from spap.train.distributed import pick_device
+        from spap.train.gan import GANConfig
+
+        try:
+            with safe_open(os.fspath(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as exc:  # noqa: BLE001 - any failure: not a usable file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        if meta.get("format") != "spap-gan-generator":
+            raise CheckpointError(f"{path}: not a GAN generator exported by spap export")
+        config = json.loads(meta["config"])
+        generator = build_generator(from_dict(GANConfig, config).model)
+        generator.load_state_dict(tensors)
+        device = pick_device(str(device)) if not isinstance(device, torch.device) else device
+        return cls(generator.to(device), source=str(path), config=config)
 
     @property
     def resolution(self) -> int:
