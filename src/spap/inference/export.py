@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,7 +198,17 @@ def _export_gan(
     )
 
 
-def _check(path, format, direction, checks, expected, run, tolerance, dynamic) -> ExportResult:  # noqa: ANN001
+def _check(
+    path: Path,
+    format: str,
+    direction: str,
+    checks: list[Tensor],
+    expected: list[Tensor],
+    run: Callable[[Path, Tensor], Tensor],
+    tolerance: float,
+    dynamic: bool,
+) -> ExportResult:
+    """Run the exported file on ``checks`` and compare with the eager ``expected``."""
     diff = 0.0
     with torch.no_grad():
         for x, want in zip(checks, expected):
