@@ -87,8 +87,6 @@ CASES = [
     # -- wrong checkpoint kind
     ("translate-gan-ckpt", "translate --checkpoint GAN --input IMG --output OUT",
      "'gan' checkpoint, but a 'cyclegan' checkpoint is needed"),
-    ("export-gan-ckpt", "export --checkpoint GAN --format torchscript --output OUT/g.pt",
-     "'gan' checkpoint, but a 'cyclegan' checkpoint is needed"),
     ("sample-cyclegan-ckpt", "sample --checkpoint CG --num 1 --output OUT",
      "'cyclegan' checkpoint, but a 'gan' checkpoint is needed"),
     ("eval fcn-gan-ckpt", "eval fcn --checkpoint GAN --data ALIGNED --direction photo2labels",
