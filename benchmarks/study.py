@@ -72,8 +72,8 @@ CG_ABLATION: dict[str, dict[str, Any]] = {
     "spap_c2f_G_up0": _cg("spap", g_at=("up:0",), order="coarse_to_fine"),
     "spap_c2f_rates_124": _cg("spap", order="coarse_to_fine", rates=[1, 2, 4]),
     "spap_c2f_channel": _cg("spap", order="coarse_to_fine", attention="channel"),
-    "spap_c2f_both": _cg("spap", order="coarse_to_fine", attention="both"),
     "spap_c2f_sigmoid": _cg("spap", order="coarse_to_fine", normalizer="sigmoid"),
+    "spap_c2f_gamma05": _cg("spap", order="coarse_to_fine", gamma_init=0.5),
 }
 
 # GAN: the shipped scenes64_* configs, resized (their units sit after the 32x32 blocks at
@@ -180,6 +180,7 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "eval_seconds": time.perf_counter() - t0,
         "generator_params": params,
+        "gamma": gammas,
         "model": model,
         "scores": {
             d: {m: scores[d][m] for m in ("pixel_acc", "class_acc", "class_iou")}
