@@ -171,6 +171,13 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
         include_real=False,
     )
     params = {n: sum(p.numel() for p in g.parameters()) for n, g in translator.generators.items()}
+    from spap.train.checkpoint import load_checkpoint
+
+    models = load_checkpoint(run_dir)["task"]["models"]
+    gammas = {  # the learned blend scalars of the attention units (0 at the start)
+        net: [float(t) for k, t in sorted(sd.items()) if k.endswith("gamma")]
+        for net, sd in models.items()
+    }
     return {
         "name": spec["name"],
         "kind": "cyclegan",
