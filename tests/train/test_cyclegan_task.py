@@ -45,7 +45,9 @@ def batch(seed: int = 0, n: int = 1) -> dict[str, torch.Tensor]:
 
 
 def test_step_matches_reference_update_rule() -> None:
-    task = make_task()
+    # the reference's unbatched order, for bitwise-equal gradients (batched forwards:
+    # tests/test_perf_cyclegan.py)
+    task = make_task({"train": {"batched_forwards": False}})
     nets = {k: copy.deepcopy(v) for k, v in task.nets.items()}
     b = batch()
     losses = task.train_step(b, 0)
