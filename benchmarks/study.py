@@ -279,6 +279,65 @@ def _cell(values: list[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
 
 
+def _per_class_table(cg: list[dict[str, Any]], variants: list[str]) -> list[str]:
+    """Per-class IoU, mean over seeds, for both directions."""
+    names = [c["name"] for c in cg[0]["per_class"]["photo2labels"]]
+    lines = [
+        "| class IoU (mean over seeds) | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for d, label in (("photo2labels", "photo→labels"), ("labels2photo", "labels→photo")):
+        for v in variants:
+            rs = [r for r in cg if r["variant"] == v]
+            vals = [
+                _mean_sd([r["per_class"][d][i]["iou"] for r in rs])[0] for i in range(len(names))
+            ]
+            lines.append(f"| {label}, {v} | " + " | ".join(f"{x:.3f}" for x in vals) + " |")
+    return lines + [""]
+
+
+def _gamma_table(cg: list[dict[str, Any]], variants: list[str]) -> list[str]:
+    """The learned blend scalars gamma at the end of training (they start at gamma_init)."""
+    rows = []
+    for v in variants:
+        rs = [r for r in cg if r["variant"] == v and r.get("gamma")]
+        g = [x for r in rs for n in ("G_A", "G_B") for x in r["gamma"].get(n, [])]
+        d = [x for r in rs for n in ("D_A", "D_B") for x in r["gamma"].get(n, [])]
+        if not g and not d:
+            continue
+        fmt = lambda xs: (  # noqa: E731
+            f"{min(xs):+.3f} .. {max(xs):+.3f} (mean of abs. values {statistics.fmean(map(abs, xs)):.3f})"
+            if xs
+            else "—"
+        )
+        rows.append(f"| {v} | {fmt(g)} | {fmt(d)} |")
+    if not rows:
+        return []
+    head = [
+        "| learned γ after training, all seeds | generators | discriminators |",
+        "|---|---|---|",
+    ]
+    return head + rows + [""]
+
+
+def backfill_gammas(out: Path, results: list[dict[str, Any]]) -> None:
+    """Add the learned gammas to CycleGAN results written before they were recorded."""
+    from spap.train.checkpoint import load_checkpoint
+
+    for r in results:
+        if r["kind"] != "cyclegan" or "gamma" in r:
+            continue
+        run_dir = out / "runs" / r["name"]
+        if not run_dir.is_dir():
+            continue
+        models = load_checkpoint(run_dir)["task"]["models"]
+        r["gamma"] = {
+            net: [float(t) for k, t in sorted(sd.items()) if k.endswith("gamma")]
+            for net, sd in models.items()
+        }
+        (out / "results" / f"{r['name']}.json").write_text(json.dumps(r, indent=1))
+
+
 def summarise(results: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Markdown tables (mean ± sample std over seeds) and the same numbers as a dict."""
     lines: list[str] = []
@@ -309,6 +368,8 @@ def summarise(results: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str
                 f"| {s['pixel_acc']:.3f} | {s['class_acc']:.3f} | {s['class_iou']:.3f} | |"
             )
         lines.append("")
+        lines += _per_class_table(cg, variants)
+        lines += _gamma_table(cg, variants)
     gan = [r for r in results if r["kind"] == "gan"]
     if gan:
         variants = sorted({r["variant"] for r in gan}, key=list(GAN_VARIANTS).index)
@@ -482,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         for _, s in jobs
         if (out / "results" / f"{s['name']}.json").is_file()
     ]
+    backfill_gammas(out, results)
     extra: dict[str, Any] = {}
     if meta.get("real_photo") and any(r["kind"] == "cyclegan" for r in results):
         extra["real_photo"] = meta["real_photo"]
