@@ -181,7 +181,7 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": spec["name"],
         "kind": "cyclegan",
-        "variant": spec["variant"],
+        "variant": spec["variant"] + (f" ({spec['tag']})" if spec.get("tag") else ""),
         "seed": spec["seed"],
         "steps": steps,
         "train_seconds": seconds,
@@ -252,7 +252,7 @@ def gan_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": spec["name"],
         "kind": "gan",
-        "variant": spec["variant"],
+        "variant": spec["variant"] + (f" ({spec['tag']})" if spec.get("tag") else ""),
         "seed": spec["seed"],
         "steps": steps,
         "train_seconds": seconds,
@@ -277,6 +277,11 @@ def _cell(values: list[float], digits: int = 3) -> str:
     if math.isnan(m):
         return "n/a"
     return f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
+
+
+def _order(label: str, order: list[str]) -> tuple[int, str]:
+    """Sort key of a variant label (``name`` or ``name (tag)``) by the variant tables."""
+    return order.index(label.split(" (")[0]), label
 
 
 def _per_class_table(cg: list[dict[str, Any]], variants: list[str]) -> list[str]:
@@ -345,7 +350,7 @@ def summarise(results: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str
     cg = [r for r in results if r["kind"] == "cyclegan"]
     if cg:
         order = list(CG_VARIANTS) + list(CG_ABLATION)
-        variants = sorted({r["variant"] for r in cg}, key=order.index)
+        variants = sorted({r["variant"] for r in cg}, key=lambda v: _order(v, order))
         lines += [
             "| CycleGAN variant | seeds | photo→labels per-pixel acc | per-class acc | class IoU "
             "| labels→photo FCN per-pixel acc | per-class acc | class IoU | train min/run |",
@@ -372,7 +377,7 @@ def summarise(results: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str
         lines += _gamma_table(cg, variants)
     gan = [r for r in results if r["kind"] == "gan"]
     if gan:
-        variants = sorted({r["variant"] for r in gan}, key=list(GAN_VARIANTS).index)
+        variants = sorted({r["variant"] for r in gan}, key=lambda v: _order(v, list(GAN_VARIANTS)))
         lines += [
             "| GAN variant | seeds | FID (segnet features) ↓ | per seed | train min/run |",
             "|---|---|---|---|---|",
@@ -477,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gan-batch", type=int, default=8)
     p.add_argument("--gan-variants", nargs="+", default=["baseline", "sagan", "spap_c2f"])
     p.add_argument("--fid-samples", type=int, default=1000, help="generated images per FID")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="label for runs with other settings (e.g. more iterations), kept apart from the "
+        "untagged runs: run names get _TAG, table rows 'variant (TAG)'",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     args = p.parse_args(argv)
@@ -495,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "threads": args.threads,
         "cache": str(out / "fid_cache"),
+        "tag": args.tag,
     }
     jobs: list[tuple[Any, dict[str, Any]]] = []
     if args.part in ("all", "cyclegan", "ablation"):
@@ -503,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in names:
             model = {**CG_VARIANTS, **CG_ABLATION}[v]
             for s in args.seeds:
-                name = f"cyclegan_{v}_s{s}"
+                name = f"cyclegan_{v}{'_' + args.tag if args.tag else ''}_s{s}"
                 spec = dict(common, name=name, variant=v, seed=s, model=model)
                 spec.update(steps=args.cg_steps, n_train=args.n_train, width=args.cg_width)
                 spec["run_dir"] = str(out / "runs" / name)
@@ -511,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "gan"):
         for v in args.gan_variants:
             for s in args.seeds:
-                name = f"gan_{v}_s{s}"
+                name = f"gan_{v}{'_' + args.tag if args.tag else ''}_s{s}"
                 spec = dict(common, name=name, variant=v, seed=s, steps=args.gan_steps)
                 spec.update(width=args.gan_width, batch_size=args.gan_batch)
                 spec.update(fid_samples=args.fid_samples, run_dir=str(out / "runs" / name))
@@ -552,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["fid_real_n"] = args.n_test
     table, summary = summarise(results, extra)
     stem = "ablation" if args.part == "ablation" else "study"
+    if args.tag:
+        stem += f"_{args.tag}"
     command = "python benchmarks/study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
         f"Command: `{command}`\n\nWall-clock time of this invocation: "
