@@ -119,12 +119,9 @@ def _train(task_cls: Any, cfg: Any, run_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one CycleGAN variant/seed and score it (runs in a worker process)."""
-    _setup_worker(spec["threads"])
-    from spap.eval.fcn import fcn_score
-    from spap.eval.segnet import load_segnet
-    from spap.inference.translate import Translator
+def cyclegan_config(spec: dict[str, Any]) -> Any:
+    """The CycleGAN config of a run: configs/cyclegan/scenes.yaml resized, the variant's
+    model keys, a 2-phase learning rate (constant, then the reference's linear decay)."""
     from spap.train.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANConfig, CycleGANTask
 
@@ -134,7 +131,7 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
     epochs = max(1, math.ceil(steps / n_train))
     n_epochs = max(1, (epochs + 1) // 2)
     model = {"ngf": spec["width"], "ndf": spec["width"], **spec["model"]}
-    cfg = from_dict(
+    return from_dict(
         CycleGANConfig,
         merge(
             data,
@@ -155,6 +152,20 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
             },
         ),
     )
+
+
+def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one CycleGAN variant/seed and score it (runs in a worker process)."""
+    _setup_worker(spec["threads"])
+    from spap.eval.fcn import fcn_score
+    from spap.eval.segnet import load_segnet
+    from spap.inference.translate import Translator
+    from spap.train.config import to_dict
+    from spap.train.cyclegan import CycleGANTask
+
+    steps, size = spec["steps"], spec["size"]
+    cfg = cyclegan_config(spec)
+    model = to_dict(cfg.model)
     run_dir = Path(spec["run_dir"])
     seconds = _train(CycleGANTask, cfg, run_dir)
     t0 = time.perf_counter()
@@ -197,18 +208,15 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gan_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one GAN variant/seed and score it by segnet-feature FID (worker process)."""
-    _setup_worker(spec["threads"])
-    from spap.eval.fidelity import compute_fid
-    from spap.inference.sample import Sampler
+def gan_config(spec: dict[str, Any]) -> Any:
+    """The GAN config of a run: the variant's configs/gan/scenes64_*.yaml resized."""
     from spap.train.config import from_dict, merge, read_yaml
     from spap.train.gan import GANConfig, GANTask
 
     steps, size = spec["steps"], spec["size"]
     data = read_yaml(GAN_VARIANTS[spec["variant"]])
     GANTask.apply_size(data, size)
-    cfg = from_dict(
+    return from_dict(
         GANConfig,
         merge(
             data,
@@ -233,6 +241,17 @@ def gan_job(spec: dict[str, Any]) -> dict[str, Any]:
             },
         ),
     )
+
+
+def gan_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one GAN variant/seed and score it by segnet-feature FID (worker process)."""
+    _setup_worker(spec["threads"])
+    from spap.eval.fidelity import compute_fid
+    from spap.inference.sample import Sampler
+    from spap.train.gan import GANTask
+
+    steps, size = spec["steps"], spec["size"]
+    cfg = gan_config(spec)
     run_dir = Path(spec["run_dir"])
     seconds = _train(GANTask, cfg, run_dir)
     t0 = time.perf_counter()
@@ -259,6 +278,45 @@ def gan_job(spec: dict[str, Any]) -> dict[str, Any]:
         "eval_seconds": time.perf_counter() - t0,
         "generator_params": sum(p.numel() for p in sampler.generator.parameters()),
         "scores": {"fid": fid},
+    }
+
+
+def cost_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds (process time) per training iteration of a variant, on a fixed batch."""
+    _setup_worker(spec["threads"])
+    import torch
+    from torch.utils.data import default_collate
+
+    from spap.train import distributed as D
+    from spap.train.runner import RunContext
+
+    if spec["kind"] == "cyclegan":
+        from spap.train.cyclegan import CycleGANTask as task_cls
+
+        cfg = cyclegan_config(spec)
+    else:
+        from spap.train.gan import GANTask as task_cls
+
+        cfg = gan_config(spec)
+    torch.manual_seed(0)
+    task = task_cls(cfg, RunContext(cfg.run, torch.device("cpu"), D.env_info()))
+    ds = task.build_dataset()
+    batch = default_collate([ds[(0, i)] for i in range(task.batch_size)])
+    task.train_step(batch, 0)
+    times = []
+    for i in range(spec["repeat"]):
+        t0 = time.process_time()
+        task.train_step(batch, i + 1)
+        times.append(time.process_time() - t0)
+    params = {
+        name: sum(p.numel() for p in net.parameters())
+        for name, net in getattr(task, "nets", {}).items()
+    } or {"G": sum(p.numel() for p in task.G.parameters())}
+    return {
+        "kind": spec["kind"],
+        "variant": spec["variant"],
+        "cpu_seconds_per_iteration": statistics.median(times),
+        "params": params,
     }
 
 
@@ -459,14 +517,49 @@ def fid_of_real(out: Path, meta: dict[str, Any], size: int) -> float:
     )
 
 
+def run_cost(args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Median CPU time of ``--cost-repeat`` iterations per variant, one process at a time."""
+    specs = []
+    for v, model in {**CG_VARIANTS, **CG_ABLATION}.items():
+        spec = dict(common, kind="cyclegan", variant=v, model=model, seed=0, steps=args.cg_steps)
+        specs.append(dict(spec, n_train=args.n_train, width=args.cg_width))
+    for v in GAN_VARIANTS:
+        spec = dict(common, kind="gan", variant=v, seed=0, steps=args.gan_steps)
+        specs.append(dict(spec, width=args.gan_width, batch_size=args.gan_batch))
+    lines = [
+        "| system | variant | CPU s / iteration (median) | relative to baseline | parameters |",
+        "|---|---|---|---|---|",
+    ]
+    base: dict[str, float] = {}
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        for spec in specs:
+            spec["repeat"] = args.cost_repeat
+            r = pool.submit(cost_job, spec).result()
+            t = r["cpu_seconds_per_iteration"]
+            base.setdefault(r["kind"], t)
+            params = ", ".join(f"{k} {v / 1e3:.0f} k" for k, v in r["params"].items())
+            lines.append(
+                f"| {r['kind']} | {r['variant']} | {t:.3f} | {t / base[r['kind']]:.2f} | {params} |"
+            )
+    text = (
+        f"Command: `python benchmarks/study.py {' '.join(sys.argv[1:])}`\n\n"
+        f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores.\n\n" + "\n".join(lines) + "\n"
+    )
+    Path(args.out, "cost.md").write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="runs/study", help="study folder")
     p.add_argument(
         "--part",
-        choices=("all", "cyclegan", "gan", "ablation"),
+        choices=("all", "cyclegan", "gan", "ablation", "cost"),
         default="all",
-        help="all = CycleGAN + GAN comparisons; ablation = SPAP's open choices (CycleGAN)",
+        help="all = CycleGAN + GAN comparisons; ablation = SPAP's open choices (CycleGAN); "
+        "cost = CPU time per iteration of every variant (no training)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=32)
@@ -488,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         help="label for runs with other settings (e.g. more iterations), kept apart from the "
         "untagged runs: run names get _TAG, table rows 'variant (TAG)'",
     )
+    p.add_argument("--cost-repeat", type=int, default=5, help="iterations timed by --part cost")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     args = p.parse_args(argv)
@@ -508,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         "cache": str(out / "fid_cache"),
         "tag": args.tag,
     }
+    if args.part == "cost":
+        return run_cost(args, common)
     jobs: list[tuple[Any, dict[str, Any]]] = []
     if args.part in ("all", "cyclegan", "ablation"):
         table = CG_ABLATION if args.part == "ablation" else CG_VARIANTS
