@@ -47,7 +47,7 @@ def test_reference_matches_spap_task(batched: bool) -> None:
     torch.manual_seed(0)
     ref = RefCycleGAN(ngf=WIDTH, ndf=WIDTH, n_blocks=BLOCKS)
     model = {"ngf": WIDTH, "ndf": WIDTH, "n_blocks": BLOCKS, "attention": "none"}
-    train = {"batched_forwards": batched}
+    train = {"batched_forwards": "always" if batched else "never"}
     task = P.make_task("cyclegan/cityscapes", {"model": model, "train": train}, SIZE)
     P.copy_reference_weights(ref, task)
     batches = P.make_batches(SIZE, 3)
@@ -122,7 +122,8 @@ def test_batched_forwards_same_as_unbatched(train: dict) -> None:
     tasks = []
     for batched in (False, True):
         torch.manual_seed(0)
-        overrides = {"model": model, "train": {**train, "batched_forwards": batched}}
+        mode = "always" if batched else "never"
+        overrides = {"model": model, "train": {**train, "batched_forwards": mode}}
         tasks.append(P.make_task("cyclegan/cityscapes", overrides, SIZE))
     g = torch.Generator().manual_seed(3)
     batch = {k: torch.rand(n, 3, SIZE, SIZE, generator=g) * 2 - 1 for k in ("A", "B")}
@@ -137,12 +138,23 @@ def test_batched_forwards_same_as_unbatched(train: dict) -> None:
                 _same_update(p.detach(), theirs[k].detach(), f"{name}.{k}")
 
 
-def test_batch_norm_keeps_separate_forwards(monkeypatch) -> None:
-    """With batch norm, batching would mix the images' statistics: the option is ignored."""
-    model = {"ngf": WIDTH, "ndf": WIDTH, "n_blocks": BLOCKS, "norm": "batch"}
-    task = P.make_task("cyclegan/cityscapes", {"model": model}, SIZE)
-    sizes = []
+def _g_a_batch_sizes(monkeypatch, model: dict, train: dict, size: int) -> list[int]:
+    task = P.make_task("cyclegan/cityscapes", {"model": model, "train": train}, size)
+    sizes: list[int] = []
     original = task.G_A.forward
     monkeypatch.setattr(task.G_A, "forward", lambda x: sizes.append(x.shape[0]) or original(x))
-    task.train_step(P.make_batches(SIZE, 1)[0], 0)
+    task.train_step(P.make_batches(size, 1)[0], 0)
+    return sizes
+
+
+def test_batch_norm_keeps_separate_forwards(monkeypatch) -> None:
+    """With batch norm, batching would mix the images' statistics: never batched."""
+    model = {"ngf": WIDTH, "ndf": WIDTH, "n_blocks": BLOCKS, "norm": "batch"}
+    sizes = _g_a_batch_sizes(monkeypatch, model, {"batched_forwards": "always"}, SIZE)
     assert sizes == [1, 1, 1]  # fake_B, rec_B, idt_A: one image each
+
+
+def test_auto_batches_small_images_only(monkeypatch) -> None:
+    model = {"ngf": 4, "ndf": 4, "n_blocks": 1}
+    assert _g_a_batch_sizes(monkeypatch, model, {}, SIZE) == [3]  # [A, B, fake_A]
+    assert _g_a_batch_sizes(monkeypatch, model, {}, 132) == [1, 1, 1]  # above 128x128

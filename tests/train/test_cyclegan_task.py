@@ -47,7 +47,7 @@ def batch(seed: int = 0, n: int = 1) -> dict[str, torch.Tensor]:
 def test_step_matches_reference_update_rule() -> None:
     # the reference's unbatched order, for bitwise-equal gradients (batched forwards:
     # tests/test_perf_cyclegan.py)
-    task = make_task({"train": {"batched_forwards": False}})
+    task = make_task({"train": {"batched_forwards": "never"}})
     nets = {k: copy.deepcopy(v) for k, v in task.nets.items()}
     b = batch()
     losses = task.train_step(b, 0)

@@ -12,10 +12,10 @@ One iteration follows the reference implementation's ``CycleGANModel.optimize_pa
    ``D_B`` on (real A, a fake A from the pool), each ``0.5 * (real + fake)``; one Adam over
    D_A and D_B.
 
-With ``train.batched_forwards`` (the default) the forwards that share a network run as one
-batch (``G_B([B, A])``, ``G_A([A, B, fake_A])``, ``G_B(fake_B)``; each D on
-``[real, fake]``): per-image norms make every image's result the same as in the order above,
-up to float rounding, and small images train faster (``docs/performance.md``).
+With ``train.batched_forwards`` (by default for images up to 128x128) the forwards that
+share a network run as one batch (``G_B([B, A])``, ``G_A([A, B, fake_A])``, ``G_B(fake_B)``;
+each D on ``[real, fake]``): per-image norms make every image's result the same as in the
+order above, up to float rounding, and small images train faster (``docs/performance.md``).
 
 Learning rate: constant for ``train.n_epochs`` epochs, then linearly decayed over
 ``train.n_epochs_decay`` epochs with the reference's rule
@@ -143,11 +143,13 @@ class CycleGANTrainConfig:
         "CycleGAN state dict or a spap checkpoint (non-strict, like init_from)",
     )
     num_visuals: int = option(4, "images per row of the sample grids", min=1)
-    batched_forwards: bool = option(
-        True,
+    batched_forwards: str = option(
+        "auto",
         "run forwards that share a network as one batch: G_B on [B, A], G_A on [A, B, "
-        "G_B(B)], each D on [real, fake] (same losses with per-sample norms; faster on small "
-        "images; ignored with model.norm=batch, whose statistics would mix the images)",
+        "G_B(B)], each D on [real, fake] (same losses with per-sample norms): always | never | "
+        "auto (for images up to 128x128: faster at 64 px, slower at 256 px on CPU); never with "
+        "model.norm=batch, whose statistics would mix the images",
+        choices=("auto", "always", "never"),
     )
 
     def validate(self) -> None:
@@ -332,8 +334,11 @@ class CycleGANTask(Task):
         # generators (the discriminators get no gradients)
         self.D_A.requires_grad_(False)
         self.D_B.requires_grad_(False)
-        batched = tc.batched_forwards and self.cfg.model.norm != "batch"
-        n = real_A.shape[0]
+        n, pixels = real_A.shape[0], real_A.shape[-2] * real_A.shape[-1]
+        batched = self.cfg.model.norm != "batch" and (
+            tc.batched_forwards == "always"
+            or (tc.batched_forwards == "auto" and pixels <= 128 * 128)
+        )
         with ctx.autocast():
             if batched:  # 3 generator calls instead of 6, same per-image results
                 if lam_idt > 0:
