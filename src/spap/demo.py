@@ -104,7 +104,9 @@ def write_data(root: Path, plan: DemoPlan, seed: int) -> dict[str, Any]:
     return write_scenes(root, n=n, size=plan.size, seed=seed, test_fraction=plan.n_test / n)
 
 
-def cyclegan_config(data_root: Path, plan: DemoPlan, seed: int, device: str, steps: int | None):
+def cyclegan_config(
+    data_root: Path, plan: DemoPlan, seed: int, device: str, steps: int | None
+) -> Any:
     """The demo's CycleGAN config: ``configs/cyclegan/scenes_spap.yaml`` at ``plan.size``."""
     from spap.train.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANConfig, CycleGANTask
@@ -165,6 +167,7 @@ def probe_segnet(size: int, num_classes: int, device: str) -> float:
     from spap.train.distributed import pick_device
 
     dev = pick_device(device)
+    size = math.ceil(size / 8) * 8  # the small net pools three times; train_segnet rounds so too
     net = build_segnet("small", num_classes).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.randn(SEG_BATCH, 3, size, size, device=dev)
