@@ -72,7 +72,9 @@ def test_eval_fid_kid_is_lines(segnet_ckpt, image_dirs, tmp_path, capsys) -> Non
     capsys.readouterr()
     assert main(["eval", "fid", "--real", str(stats), "--fake", str(b), *common]) == 0
     fid2 = float(re.search(r"^FID: (\S+)$", capsys.readouterr().out, re.M).group(1))
-    assert fid2 == pytest.approx(fid, abs=1e-4)
+    # printed to 4 decimals; the saved statistics round-trip through a file, so the two
+    # values may differ in the last printed digit
+    assert fid2 == pytest.approx(fid, abs=3e-4)
     assert main(["eval", "is", "--fake", str(b), "--splits", "2", *common]) == 0
     assert re.search(r"^IS: ", capsys.readouterr().out, re.M)
 
