@@ -100,3 +100,24 @@ def test_stop_through_the_command_line(
     assert code == 2
     assert err[-1].startswith("spap train: error: loss loss_rec is nan at step 7 "), err[-1]
     assert "run.nan_policy=skip" in err[-1] and err[-1].endswith("step_0000006.pt")
+
+
+@pytest.mark.parametrize(
+    "tensors, expected",
+    [
+        ([torch.ones(3), torch.zeros(2, 2)], True),
+        ([torch.ones(3), torch.tensor([1.0, float("nan")])], False),
+        ([torch.tensor([float("inf")]), torch.ones(4)], False),
+        # +inf and -inf in different tensors: their sum is NaN, still caught
+        ([torch.tensor([float("inf")]), torch.tensor([-float("inf")])], False),
+        # finite values whose sum overflows: the exact check clears them
+        ([torch.full((4,), 3e38), torch.full((4,), 3e38)], True),
+        ([torch.full((4,), 3e38), torch.tensor([float("nan")])], False),
+        ([torch.empty(0), torch.ones(2, dtype=torch.float16)], True),
+        ([], True),
+    ],
+)
+def test_finite_check_catches_every_non_finite_value(tensors, expected):
+    from spap.train.runner import _all_finite_tensors
+
+    assert _all_finite_tensors(tensors) is expected

@@ -138,3 +138,22 @@ def test_nan_loss_skip_policy(tmp_path: Path) -> None:
 def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         run(_Toy, _cfg(precision="fp16"), tmp_path)
+
+
+def test_fused_adam_by_config_agrees_with_the_default_step() -> None:
+    from spap.train.distributed import DistInfo
+
+    results = {}
+    for fused in (True, False):
+        ctx = RunContext(RunConfig(fused_optimizer=fused), torch.device("cpu"), DistInfo())
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        opt = ctx.adam(net.parameters(), 1e-2, (0.5, 0.999))
+        assert bool(opt.defaults.get("fused")) is fused  # this torch fuses Adam on the CPU
+        for step in range(3):
+            x = torch.randn(5, 8, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        results[fused] = torch.cat([p.detach().flatten() for p in net.parameters()])
+    torch.testing.assert_close(results[True], results[False], rtol=1e-5, atol=1e-6)

@@ -63,6 +63,9 @@ class RunConfig:
     )
     channels_last: bool = option(False, "use channels_last memory format for the networks")
     compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
+    fused_optimizer: bool = option(
+        True, "fused Adam kernels where this torch has them (same update up to float rounding)"
+    )
     steps: int | None = option(
         None, "stop after this many iterations (default: the task's schedule)", min=1
     )

