@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from spap.errors import CheckpointError, SpapError
+from spap.layers.winograd import INFERENCE_MIN_SIZE, use_winograd
 from spap.models.sngan import SNGANGenerator, build_generator, latents
 
 __all__ = [
@@ -150,6 +151,8 @@ class Sampler:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
+        if next(generator.parameters()).device.type == "cpu":  # faster 3x3 convs, see
+            use_winograd(self.generator, INFERENCE_MIN_SIZE)  # spap.layers.winograd
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
         self.device = next(generator.parameters()).device

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, DataError, SpapError
+from spap.layers.winograd import INFERENCE_MIN_SIZE, use_winograd
 
 __all__ = [
     "FolderResult",
@@ -235,6 +236,11 @@ class Translator:
         generators: ``{"AtoB": G_A, "BtoA": G_B}`` (either may be missing).
         config: the run's configuration dict (as stored in the checkpoint).
         device: where to run.
+
+    On the CPU, 3x3 convolutions with outputs of 32x32 and more run Winograd kernels
+    (:mod:`spap.layers.winograd`; outputs differ from direct convolutions by float
+    rounding only); ``spap.layers.winograd.use_direct(translator.generator(d))`` turns
+    them off.
     """
 
     def __init__(
@@ -247,6 +253,8 @@ class Translator:
         self.generators = {d: g.to(self.device).eval() for d, g in generators.items()}
         for g in self.generators.values():
             g.requires_grad_(False)
+            if self.device.type == "cpu":  # faster 3x3 convolutions on large feature maps
+                use_winograd(g, INFERENCE_MIN_SIZE)
         self.config = dict(config or {})
 
     # -- construction

@@ -63,6 +63,12 @@ class RunConfig:
     )
     channels_last: bool = option(False, "use channels_last memory format for the networks")
     compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
+    winograd_min_size: int | None = option(
+        64,
+        "CPU fp32 3x3 stride-1 convolutions with outputs at least this many pixels a side use "
+        "Winograd kernels (NNPACK) where available; null: direct convolutions only",
+        min=1,
+    )
     fused_optimizer: bool = option(
         True, "fused Adam kernels where this torch has them (same update up to float rounding)"
     )

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from spap.errors import CheckpointError, ConfigError, DataError, SpapError
+from spap.layers.winograd import use_winograd
 from spap.train import distributed as D
 from spap.train.checkpoint import (
     FORMAT,
@@ -116,12 +117,14 @@ class RunContext:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def prepare(self, module: nn.Module) -> nn.Module:
-        """Move a network to the device (channels_last, SyncBatchNorm, compile by config) and
-        give every rank rank 0's weights. Use the returned module."""
+        """Move a network to the device (channels_last, SyncBatchNorm, Winograd convolutions,
+        compile by config) and give every rank rank 0's weights. Use the returned module."""
         if D.active() and self.run.sync_batchnorm and self.device.type == "cuda":
             # SyncBatchNorm only runs on CUDA; on CPU ranks keep per-rank batch statistics.
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         module = module.to(self.device)
+        if self.run.winograd_min_size is not None and self.device.type == "cpu":
+            use_winograd(module, self.run.winograd_min_size)
         if self.run.channels_last:
             module = module.to(memory_format=torch.channels_last)
         D.broadcast_module_(module)
@@ -191,7 +194,9 @@ class RunContext:
         # A finite loss can still have non-finite gradients (e.g. sqrt at 0); stepping with
         # them would silently turn the weights into NaN. (fp16: the scaler skips such steps.)
         # After the all-reduce the gradients are the same on every rank: so is the decision.
-        if scaler is None and not _all_finite_tensors([p.grad for p in params if p.grad is not None]):
+        if scaler is None and not _all_finite_tensors(
+            [p.grad for p in params if p.grad is not None]
+        ):
             return self._non_finite(
                 f"gradient of loss {name} is not finite at step {self.step} "
                 f"(loss {float(loss.detach().float().mean()):.6g})",
