@@ -157,3 +157,20 @@ def test_fused_adam_by_config_agrees_with_the_default_step() -> None:
             opt.step()
         results[fused] = torch.cat([p.detach().flatten() for p in net.parameters()])
     torch.testing.assert_close(results[True], results[False], rtol=1e-5, atol=1e-6)
+
+
+def test_cudnn_benchmark_follows_the_config_on_cuda_devices_only() -> None:
+    from spap.train.distributed import DistInfo
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        RunContext(RunConfig(cudnn_benchmark=True), torch.device("cpu"), DistInfo())
+        assert torch.backends.cudnn.benchmark is False  # a CPU run leaves it alone
+        # building the context touches no GPU, so this runs without one
+        RunContext(RunConfig(cudnn_benchmark=True), torch.device("cuda"), DistInfo())
+        assert torch.backends.cudnn.benchmark is True
+        RunContext(RunConfig(cudnn_benchmark=False), torch.device("cuda"), DistInfo())
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

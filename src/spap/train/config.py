@@ -69,6 +69,11 @@ class RunConfig:
         "Winograd kernels (NNPACK) where available; null: direct convolutions only",
         min=1,
     )
+    cudnn_benchmark: bool = option(
+        True,
+        "CUDA: let cuDNN time and pick the fastest convolution algorithm per input shape "
+        "(false: the default algorithms, for repeatable runs)",
+    )
     fused_optimizer: bool = option(
         True, "fused Adam kernels where this torch has them (same update up to float rounding)"
     )

@@ -108,6 +108,8 @@ class RunContext:
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
             run.precision
         ]
+        if device.type == "cuda":  # shapes are fixed within a run: autotuning pays off
+            torch.backends.cudnn.benchmark = run.cudnn_benchmark
 
     # -- forward passes
     def autocast(self) -> contextlib.AbstractContextManager:
