@@ -160,7 +160,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     def fmt(v: object) -> str:
         if isinstance(v, float):
-            return f"{v:#.3g}" if abs(v) < 1000 else f"{v:.0f}"
+            return f"{v:#.3g}".rstrip(".") if abs(v) < 1000 else f"{v:.0f}"
         return str(v)
 
     cells = [[fmt(v) for v in row] for row in rows]

@@ -269,3 +269,35 @@ def test_cli_errors(plain_ckpt, tmp_path, capsys) -> None:
         Translator.from_checkpoint(gan)
     with pytest.raises(SpapError, match="direction"):
         Translator.from_checkpoint(plain_ckpt, device="cpu").translate(torch.zeros(3, 8, 8), "AtoA")
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_early() -> None:
+    import threading
+
+    from spap.inference.translate import _prefetched
+
+    assert list(_prefetched(range(50))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("broken file")
+
+    it = _prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="broken file"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = _prefetched(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # leaving the loop early stops the producer thread
+    assert not any(t.name == "spap-prefetch" for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 1

@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument(
-        "--workers", type=int, default=2, help="image-decoding worker processes (default 2)"
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding worker processes (default: 0 on the CPU, where a background "
+        "thread decodes ahead of the generator; 2 on CUDA)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.set_defaults(func=main)
@@ -50,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise SpapError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise SpapError(f"--workers must be at least 0, got {args.workers}")
     translator = Translator.from_checkpoint(args.checkpoint, device=args.device)
     has_units = any(len(getattr(g, "attention", ())) for g in translator.generators.values())

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import queue
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -393,7 +394,7 @@ class Translator:
         direction: str = "AtoB",
         batch_size: int = 4,
         attention: bool = False,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         progress: bool = False,
         half: str | None = None,
     ) -> FolderResult:
@@ -401,8 +402,11 @@ class Translator:
         file) into ``output``: ``<same relative path>.png`` per input image and, with
         ``attention``, ``attention/<relative path>_<unit map>.png`` overlays on the input.
 
-        Decoding runs in ``num_workers`` loader processes and PNG encoding in background
-        threads, overlapping the generator; batches hold images of equal size. Unreadable
+        Decoding runs ahead of the generator, in ``num_workers`` loader processes or, with
+        0, in a background thread (decoding releases the GIL; on a CPU the generator needs
+        every core, and worker processes only compete with it); PNG encoding runs in
+        background threads. ``None`` picks 0 on the CPU and 2 on CUDA. Batches hold images
+        of equal size. Unreadable
         files are skipped with a warning (listed in the result). ``half="A"`` / ``"B"``
         translates the left / right half of aligned ``A|B`` images.
         """
@@ -433,6 +437,8 @@ class Translator:
         result = FolderResult(output=out)
         sizes = [_image_size(f, half) for f in files]
         batches = _size_batches(sizes, max(1, batch_size))
+        if num_workers is None:
+            num_workers = 2 if self.device.type == "cuda" else 0
         loader = torch.utils.data.DataLoader(
             _Files(files, half),
             batch_sampler=batches,
@@ -459,7 +465,7 @@ class Translator:
                     result.written += 1
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for items in loader:
+            for items in loader if num_workers else _prefetched(loader):
                 good = []
                 for it in items:
                     if "error" in it:
@@ -489,6 +495,47 @@ class Translator:
         if bar is not None:
             bar.close()
         return result
+
+
+def _prefetched(iterable: Any, depth: int = 2) -> Iterator[Any]:
+    """The items of ``iterable``, produced by a background thread up to ``depth`` ahead.
+    An exception in the thread is raised here; leaving the loop early stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not put((None, item)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            put((exc, None))
+            return
+        put((None, end))
+
+    thread = threading.Thread(target=produce, name="spap-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = items.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _same_size(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
