@@ -110,3 +110,14 @@ def test_translator_runs_winograd_on_the_cpu_within_rounding_of_direct() -> None
         assert not torch.equal(got, want)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
         assert use_direct(net) == 4 and torch.equal(net(x), want)
+
+
+def test_direct_convolutions_context_switches_winograd_off() -> None:
+    from spap.layers.winograd import direct_convolutions
+
+    plain, wino = _pair(1)
+    x = torch.randn(1, 6, 20, 20)
+    assert not torch.equal(plain(x), wino(x))
+    with direct_convolutions():
+        assert torch.equal(plain(x), wino(x))
+    assert not torch.equal(plain(x), wino(x))

@@ -24,7 +24,9 @@ when all of these hold, and ``nn.Conv2d``'s own forward otherwise:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ __all__ = [
     "INFERENCE_MIN_SIZE",
     "WinogradConv2d",
     "available",
+    "direct_convolutions",
     "use_direct",
     "use_winograd",
     "winograd_conv3x3",
@@ -61,6 +64,18 @@ def available() -> bool:
             log.info("NNPACK unavailable (%s): direct convolutions only", exc)
         _STATE["ok"] = ok
     return _STATE["ok"]
+
+
+@contextlib.contextmanager
+def direct_convolutions() -> Iterator[None]:
+    """Within this context every :class:`WinogradConv2d` runs direct convolutions (e.g. to
+    count FLOPs with ``FlopCounterMode``, which does not see NNPACK's kernels)."""
+    before = _STATE.get("off", False)
+    _STATE["off"] = True
+    try:
+        yield
+    finally:
+        _STATE["off"] = before
 
 
 def _nnpack(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
@@ -141,7 +156,8 @@ class WinogradConv2d(nn.Conv2d):
         w = self.weight
         pad = self.padding[0]  # type: ignore[index]
         if (
-            not _tracing()
+            not _STATE.get("off", False)
+            and not _tracing()
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and w.dtype == torch.float32
