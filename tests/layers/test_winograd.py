@@ -37,6 +37,7 @@ def test_output_and_gradients_match_the_direct_convolution(pad: int, mode: str) 
         err = ((a - b).norm() / a.norm()).item()
         assert 0 <= err < 1e-5, name
     assert not torch.equal(ref[0], got[0])  # really a different algorithm
+    assert torch.equal(wino(x), wino(x))  # deterministic (exact resume relies on it)
 
 
 def test_small_outputs_and_other_dtypes_fall_back_to_the_direct_convolution() -> None:
