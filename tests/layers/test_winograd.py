@@ -59,11 +59,11 @@ def test_only_eligible_convolutions_are_converted_and_state_dicts_stay_plain() -
         nn.Conv2d(4, 4, 7, padding=3),  # 7x7
         nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),  # yes
         nn.Conv2d(4, 4, 3, padding=0),  # yes
-        torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)),  # SN
+        torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)),  # yes
     )
     keys = list(net.state_dict())
-    assert use_winograd(net) == 3
-    assert [type(m) is WinogradConv2d for m in net] == [1, 0, 0, 0, 1, 1, 0]
+    assert use_winograd(net) == 4
+    assert [isinstance(m, WinogradConv2d) for m in net] == [1, 0, 0, 0, 1, 1, 1]
     assert list(net.state_dict()) == keys
 
 
@@ -122,3 +122,29 @@ def test_direct_convolutions_context_switches_winograd_off() -> None:
     with direct_convolutions():
         assert torch.equal(plain(x), wino(x))
     assert not torch.equal(plain(x), wino(x))
+
+
+def test_spectrally_normalised_convolutions_keep_their_parametrization() -> None:
+    import copy
+
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    from spap.layers.factories import remove_spectral_norm
+    from spap.layers.winograd import use_direct
+
+    torch.manual_seed(0)
+    plain = spectral_norm(nn.Conv2d(6, 5, 3, padding=1))
+    wino = copy.deepcopy(plain)
+    assert use_winograd(wino, 8) == 1 and isinstance(wino, WinogradConv2d)
+    assert list(wino.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 6, 20, 20)
+    for _ in range(3):  # training mode: one power-iteration step per forward, in both
+        torch.testing.assert_close(wino(x), plain(x), rtol=1e-4, atol=1e-4)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(wino.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+    twin = copy.deepcopy(wino)
+    assert isinstance(twin, WinogradConv2d) and torch.equal(twin.eval()(x), wino.eval()(x))
+    assert use_direct(twin) == 1 and not isinstance(twin, WinogradConv2d)
+    assert torch.equal(twin(x), plain.eval()(x))  # still spectrally normalised
+    remove_spectral_norm(wino)
+    assert type(wino) is WinogradConv2d and not hasattr(wino, "parametrizations")

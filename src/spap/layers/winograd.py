@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "INFERENCE_MIN_SIZE",
@@ -170,18 +171,41 @@ class WinogradConv2d(nn.Conv2d):
                 x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
                 pad = 0
             return winograd_conv3x3(x, w, self.bias, pad)
-        return super().forward(x)
+        # not super().forward(x): that would read self.weight again, and a parametrized
+        # weight (spectral norm) takes a power-iteration step on every read in training
+        return self._conv_forward(x, w, self.bias)
+
+
+def _swap_class(sub: nn.Module, base: type[nn.Conv2d]) -> None:
+    """Give ``sub`` the class ``base``; a parametrized module (spectral norm) keeps its
+    parametrization: it gets a ``Parametrized<base>`` class carrying the same properties,
+    as ``torch.nn.utils.parametrize`` builds them (removing the parametrization later
+    leaves a plain ``base``)."""
+    if not parametrize.is_parametrized(sub):
+        sub.__class__ = base
+        return
+    members = {k: v for k, v in vars(type(sub)).items() if k not in ("__dict__", "__weakref__")}
+    sub.__class__ = type(f"Parametrized{base.__name__}", (base,), members)
+
+
+def _plain_class(sub: nn.Module) -> type | None:
+    """``nn.Conv2d`` or ``WinogradConv2d`` for such a module, plain or parametrized."""
+    cls = type(sub)
+    if parametrize.is_parametrized(sub) and cls.__bases__ and cls.__name__.startswith("Param"):
+        cls = cls.__bases__[0]
+    return cls if cls in (nn.Conv2d, WinogradConv2d) else None
 
 
 def use_winograd(module: nn.Module, min_size: int = 64) -> int:
-    """Turn every eligible ``nn.Conv2d`` below ``module`` into :class:`WinogradConv2d` (in
-    place, parameters untouched). Returns how many; 0 when NNPACK is unavailable."""
+    """Turn every eligible ``nn.Conv2d`` below ``module`` (spectrally normalised ones
+    included) into :class:`WinogradConv2d`, in place, parameters and parametrizations
+    untouched. Returns how many; 0 when NNPACK is unavailable."""
     if not available():
         return 0
     n = 0
     for sub in module.modules():
-        if type(sub) is nn.Conv2d and _eligible_module(sub):
-            sub.__class__ = WinogradConv2d
+        if _plain_class(sub) is nn.Conv2d and _eligible_module(sub):  # type: ignore[arg-type]
+            _swap_class(sub, WinogradConv2d)
             sub.min_size = min_size
             n += 1
     return n
@@ -192,7 +216,7 @@ def use_direct(module: nn.Module) -> int:
     (in place). Returns how many."""
     n = 0
     for sub in module.modules():
-        if type(sub) is WinogradConv2d:
-            sub.__class__ = nn.Conv2d
+        if _plain_class(sub) is WinogradConv2d:
+            _swap_class(sub, nn.Conv2d)
             n += 1
     return n
