@@ -75,7 +75,9 @@ def nearest_palette(
         x = x.movedim(-3, -1)
     elif x.shape[-1] != 3:
         raise ValueError(f"expected a (..., H, W, 3) array, got shape {tuple(x.shape)}")
-    pal = torch.as_tensor(np.array(palette, dtype=np.float32), dtype=torch.float32, device=x.device).reshape(-1, 3)
+    pal = torch.as_tensor(
+        np.array(palette, dtype=np.float32), dtype=torch.float32, device=x.device
+    ).reshape(-1, 3)
     shape = x.shape[:-1]
     flat = x.reshape(-1, 3).to(torch.float32)
     out = torch.empty(flat.shape[0], dtype=torch.int64, device=x.device)

@@ -98,7 +98,8 @@ class RunConfig:
         choices=("auto", "nccl", "gloo"),
     )
     sync_batchnorm: bool = option(
-        True, "convert BatchNorm to SyncBatchNorm when distributed on CUDA (CPU ranks keep per-rank statistics)"
+        True,
+        "convert BatchNorm to SyncBatchNorm when distributed on CUDA (CPU ranks keep per-rank statistics)",
     )
 
 

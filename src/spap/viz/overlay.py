@@ -7,7 +7,14 @@ import torch.nn.functional as F
 
 # Anchor colours of a jet-like colormap (blue -> cyan -> green -> yellow -> red).
 _ANCHORS = torch.tensor(
-    [[0.0, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0]]
+    [
+        [0.0, 0.0, 0.5],
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.5, 0.0, 0.0],
+    ]
 )
 
 
