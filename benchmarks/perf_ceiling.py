@@ -81,17 +81,17 @@ def winograd_rows(repeats: int) -> list[list[object]]:
     rows = []
     seen = set()
     for name, (size, _, width, _) in CONFIGS.items():
-        n, hw = (1, size // 4)
+        hw = size // 4  # the residual blocks' feature maps
         for batch in (1, 3):  # one image; three (the batched generator forwards)
             c = width * 4
             if (batch, c, hw) in seen:
                 continue
             seen.add((batch, c, hw))
             g = torch.Generator().manual_seed(0)
-            x = torch.randn(batch * n, c, hw + 2, hw + 2, generator=g).requires_grad_()
+            x = torch.randn(batch, c, hw + 2, hw + 2, generator=g).requires_grad_()
             w = (torch.randn(c, c, 3, 3, generator=g) * 0.02).requires_grad_()
             b = torch.zeros(c, requires_grad=True)
-            go = torch.randn(batch * n, c, hw, hw, generator=g)
+            go = torch.randn(batch, c, hw, hw, generator=g)
             x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
             exact = torch.autograd.grad(F.conv2d(x64, w64), (x64, w64), go.double())
             errors = {}
@@ -143,7 +143,6 @@ def step_rows(repeats: int, quick: bool) -> list[list[object]]:
         steppers = {}
         for mode in (None, 64):
             torch.manual_seed(0)
-            g = torch.Generator().manual_seed(1)
             if kind == "cyclegan":
                 over = {"model": model, "run": {"winograd_min_size": mode}}
                 task = perf_cyclegan.make_task(config, over, size)
@@ -151,7 +150,7 @@ def step_rows(repeats: int, quick: bool) -> list[list[object]]:
             else:
                 over = {"train": {"batch_size": 16}, "run": {"winograd_min_size": mode}}
                 task = perf_gan.make_task(perf_gan.CONFIGS["baseline"], over)
-                batches = [{"image": torch.rand(16, 3, 128, 128, generator=g) * 2 - 1}] * 2
+                batches = perf_gan.make_batches(task.batch_size)
             steppers["direct" if mode is None else "winograd"] = perf_gan.Stepper(task, batches)
         times = C.interleaved(steppers, repeats, warmup=1)
         td, tw = C.median(times["direct"]), C.median(times["winograd"])

@@ -41,6 +41,12 @@ def make_task(config: str, overrides: dict[str, Any]) -> Any:
     return GANTask(cfg, RunContext(cfg.run, torch.device("cpu"), DistInfo()))
 
 
+def make_batches(n: int, count: int = 2, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """``count`` random real batches of ``n`` 128x128 images in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.rand(n, 3, 128, 128, generator=g) * 2 - 1} for _ in range(count)]
+
+
 class Stepper:
     def __init__(self, task: Any, batches: list[dict[str, torch.Tensor]]) -> None:
         self.task, self.batches, self.i = task, batches, 0
@@ -77,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         torch.manual_seed(0)
         task = make_task(CONFIGS[name], overrides)
-        n = task.batch_size
-        g = torch.Generator().manual_seed(1)
-        batches = [{"image": torch.rand(n, 3, 128, 128, generator=g) * 2 - 1} for _ in range(2)]
+        batches = make_batches(task.batch_size)
         tasks[name] = task
         steppers[name] = Stepper(task, batches)
         params[name] = sum(p.numel() for p in task.G.parameters()) + sum(

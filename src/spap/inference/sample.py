@@ -151,11 +151,11 @@ class Sampler:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
-        if next(generator.parameters()).device.type == "cpu":  # faster 3x3 convs, see
-            use_winograd(self.generator, INFERENCE_MIN_SIZE)  # spap.layers.winograd
+        self.device = next(generator.parameters()).device
+        if self.device.type == "cpu":  # faster 3x3 convs, see spap.layers.winograd
+            use_winograd(self.generator, INFERENCE_MIN_SIZE)
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
-        self.device = next(generator.parameters()).device
         self.step = step
         self.ema = ema
         self.source = source

@@ -13,8 +13,8 @@ when all of these hold, and ``nn.Conv2d``'s own forward otherwise:
 
 - CPU, float32 input and weight (no autocast), NNPACK available in this torch build;
 - 3x3 kernel, stride 1, dilation 1, one group, padding of at most 1 (any padding mode);
-- the output is at least ``min_size`` pixels on each side (below ~48 the transforms cost
-  more than they save on the machines measured, see ``benchmarks/perf_ceiling.py``);
+- the output is at least ``min_size`` pixels on each side (at 32x32 and below the
+  transforms cost more than they save in training, see ``benchmarks/perf_ceiling.py``);
 - not while scripting, tracing, exporting or compiling (exported graphs hold plain convs).
 
 :func:`use_winograd` turns the eligible ``nn.Conv2d`` modules of a network into
@@ -189,9 +189,10 @@ def _swap_class(sub: nn.Module, base: type[nn.Conv2d]) -> None:
 
 
 def _plain_class(sub: nn.Module) -> type | None:
-    """``nn.Conv2d`` or ``WinogradConv2d`` for such a module, plain or parametrized."""
+    """``nn.Conv2d`` or ``WinogradConv2d`` for such a module, plain or parametrized (a
+    parametrized module's class is a subclass made for it, whose only base is the original)."""
     cls = type(sub)
-    if parametrize.is_parametrized(sub) and cls.__bases__ and cls.__name__.startswith("Param"):
+    if parametrize.is_parametrized(sub):
         cls = cls.__bases__[0]
     return cls if cls in (nn.Conv2d, WinogradConv2d) else None
 
