@@ -1,15 +1,66 @@
-"""Winograd (NNPACK) 3x3 convolutions: same results as nn.Conv2d within fp32 rounding, used
-only where eligible, never in exported graphs."""
+"""Winograd 3x3 convolutions (NNPACK's and our F(4x4, 3x3)): same results as nn.Conv2d
+within fp32 rounding, used only where eligible, never in exported graphs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from spap.layers import winograd
 from spap.layers.winograd import WinogradConv2d, available, use_winograd
 
-pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no NNPACK")
+NNPACK = pytest.mark.skipif(not available(), reason="this torch build has no NNPACK")
+
+
+@pytest.fixture(autouse=True)
+def small_layers_use_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' layers are far smaller than where Winograd pays off: force the kernels
+    (F(4x4, 3x3), pure torch) whatever the shape; tests override this where they test
+    another kernel or the choice itself."""
+    monkeypatch.setattr(winograd, "_conv_kernel", lambda ci, co, side: "f43")
+    monkeypatch.setattr(winograd, "_weight_grad_kernel", lambda ci, co, side: "f43")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize(
+    ("n", "ci", "co", "h", "w", "pad"),
+    [(2, 5, 7, 13, 10, 1), (1, 4, 3, 10, 10, 0), (3, 6, 4, 9, 17, 1), (1, 70, 3, 6, 6, 1)],
+)
+def test_f43_kernels_match_float64_convolutions(n, ci, co, h, w, pad) -> None:
+    torch.manual_seed(0)
+    x, wt, b = torch.randn(n, ci, h, w), torch.randn(co, ci, 3, 3), torch.randn(co)
+    want = F.conv2d(x.double(), wt.double(), b.double(), padding=pad)
+    got = winograd._f43_conv(x, wt, b, pad)
+    assert got.shape == want.shape and _rel(got, want) < 1e-5
+    go = torch.randn_like(want)
+    want_gw = torch.ops.aten.convolution_backward(
+        go, x.double(), wt.double(), None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+    got_gw = winograd._f43_weight_grad(x, go.float(), pad)
+    assert got_gw.shape == wt.shape and _rel(got_gw, want_gw) < 1e-5
+    assert not torch.equal(got, F.conv2d(x, wt, b, padding=pad))  # another algorithm
+
+
+def test_kernel_choice_follows_the_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()
+    nnpack = "nnpack" if available() else "f43"
+    assert winograd._conv_kernel(256, 256, 64) == nnpack
+    assert winograd._conv_kernel(256, 256, 32) == "f43"
+    assert winograd._conv_kernel(128, 256, 32) == "direct"
+    assert winograd._conv_kernel(256, 256, 16) == "direct"
+    assert winograd._weight_grad_kernel(128, 128, 32) == "f43"
+    assert winograd._weight_grad_kernel(64, 256, 64) == "direct"
+    assert winograd._weight_grad_kernel(256, 256, 16) == "direct"
+    # a layer where no Winograd kernel pays off keeps nn.Conv2d's own forward
+    plain, wino = _pair(1)
+    x = torch.randn(1, 6, 20, 20)
+    assert torch.equal(plain(x), wino(x))
 
 
 def _pair(pad: int, min_size: int = 8, mode: str = "zeros") -> tuple[nn.Conv2d, nn.Conv2d]:
@@ -27,8 +78,15 @@ def _grads(conv: nn.Module, x: torch.Tensor, go: torch.Tensor) -> list[torch.Ten
     return [out, *torch.autograd.grad(out, (x, conv.weight, conv.bias), go)]
 
 
+@pytest.mark.parametrize(
+    ("conv", "weight_grad"), [pytest.param("nnpack", "direct", marks=NNPACK), ("f43", "f43")]
+)
 @pytest.mark.parametrize(("pad", "mode"), [(0, "zeros"), (1, "zeros"), (1, "reflect")])
-def test_output_and_gradients_match_the_direct_convolution(pad: int, mode: str) -> None:
+def test_output_and_gradients_match_the_direct_convolution(
+    pad: int, mode: str, conv: str, weight_grad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(winograd, "_conv_kernel", lambda ci, co, side: conv)
+    monkeypatch.setattr(winograd, "_weight_grad_kernel", lambda ci, co, side: weight_grad)
     plain, wino = _pair(pad, mode=mode)
     x = torch.randn(2, 6, 20, 20)
     go = torch.randn(2, 5, 18 + 2 * pad, 18 + 2 * pad)

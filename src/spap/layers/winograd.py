@@ -1,20 +1,27 @@
-"""Winograd 3x3 convolutions on the CPU (NNPACK), for large feature maps.
+"""Winograd 3x3 convolutions on the CPU, for large feature maps.
 
 A 3x3 convolution computed with Winograd's minimal filtering algorithm needs several times
 fewer multiplications than the direct one, at the price of input/output transforms and a
 rounding error of a few 1e-6 (relative, fp32) instead of ~1e-7. PyTorch's CPU convolutions
-are direct (oneDNN); its build also carries NNPACK, whose Winograd kernel is reachable as
-``torch._nnpack_spatial_convolution`` (forward only, one image at a time is its fast path).
+are direct (oneDNN). Two Winograd kernels are used here:
+
+- NNPACK's, which PyTorch's build carries and exposes as
+  ``torch._nnpack_spatial_convolution`` (forward only; one image at a time is its fast
+  path): the output and the input gradient (a full correlation of the output gradient
+  with the flipped, transposed weights) for outputs of 64x64 and more;
+- F(4x4, 3x3) written here with tensor operations (tile transforms as a strided
+  one-channel convolution, 36 batched matrix products over the channels): the weight
+  gradient (which NNPACK's binding lacks) of layers with at least 128 channels, and the
+  output and input gradient of layers with at least 256 channels at 32-63 pixels.
 
 :class:`WinogradConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) whose
-forward uses NNPACK for the output and for the input gradient (a full correlation of the
-output gradient with the flipped, transposed weights), and oneDNN for the weight gradient,
-when all of these hold, and ``nn.Conv2d``'s own forward otherwise:
+forward picks per call the fastest of these and the direct kernel (see
+:func:`_conv_kernel`, measured by ``benchmarks/perf_ceiling.py --winograd``), and uses
+``nn.Conv2d``'s own forward unless all of these hold:
 
-- CPU, float32 input and weight (no autocast), NNPACK available in this torch build;
+- CPU, float32 input and weight (no autocast);
 - 3x3 kernel, stride 1, dilation 1, one group, padding of at most 1 (any padding mode);
-- the output is at least ``min_size`` pixels on each side (at 32x32 and below the
-  transforms cost more than they save in training, see ``benchmarks/perf_ceiling.py``);
+- the output is at least ``min_size`` pixels on each side;
 - not while scripting, tracing, exporting or compiling (exported graphs hold plain convs).
 
 :func:`use_winograd` turns the eligible ``nn.Conv2d`` modules of a network into
@@ -43,9 +50,9 @@ __all__ = [
     "winograd_conv3x3",
 ]
 
-#: Smallest output side that uses Winograd kernels for inference (forward only), where
-#: they were faster from 32x32 on (``python benchmarks/perf_ceiling.py --winograd``);
-#: training (forward + backward, weight gradient direct) gains only from 64x64 on.
+#: Smallest output side that uses Winograd kernels for inference (forward only); below
+#: 32x32 their transforms cost more than they save (``benchmarks/perf_ceiling.py
+#: --winograd``).
 INFERENCE_MIN_SIZE = 32
 
 log = logging.getLogger(__name__)
@@ -85,36 +92,157 @@ def _nnpack(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+# Winograd F(4x4, 3x3) written with tensor operations (Lavin & Gray, 2016; points 0, +-1,
+# +-2, inf): 6x6 input tiles at stride 4 give 4x4 outputs, 36 matrix products over the
+# channels replace the 9 taps of each output pixel. The weight gradient is the same
+# algorithm with the roles swapped, F(3x3, 4x4): the 4x4 tiles of the output gradient are
+# the "filter" and the 3x3 weight gradient is the "output" (A and G exchange places).
+_B_T = (
+    (4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+    (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1),
+)  # fmt: skip
+_G = (
+    (1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1),
+)  # fmt: skip
+_A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+_MATS: dict[torch.dtype, dict[str, Tensor]] = {}
+#: images per call of the tile transforms (oneDNN slows down badly on larger batches of
+#: one-channel images)
+_CHUNK = 64
+
+
+def _f43_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
+    """The 2-D transforms as matrices (Kronecker products of the 1-D ones), per dtype."""
+    if dtype not in _MATS:
+        bt, g, at = (torch.tensor(m, dtype=torch.float64) for m in (_B_T, _G, _A_T))
+        _MATS[dtype] = {
+            "input": torch.einsum("pu,qv->pquv", bt, bt).reshape(36, 1, 6, 6).to(dtype),
+            "grad": torch.einsum("up,vq->pquv", at, at).reshape(36, 1, 4, 4).to(dtype),
+            "output": torch.einsum("ip,jq->ijpq", at, at).reshape(16, 36).to(dtype),
+            "weight": torch.einsum("pk,ql->pqkl", g, g).reshape(36, 9).to(dtype),
+        }
+    return _MATS[dtype]
+
+
+def _tiles(x: Tensor, kernel: Tensor) -> Tensor:
+    """Transform every channel's tiles: ``(N, C, H, W) -> (N, C, 36, tiles)``, as a
+    one-channel convolution (stride 4) with the 36 transform kernels."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n * c, 1, h, w)
+    parts = [F.conv2d(flat[i : i + _CHUNK], kernel, stride=4) for i in range(0, n * c, _CHUNK)]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.view(n, c, 36, -1)
+
+
+def _tile_major(t: Tensor) -> Tensor:
+    """``(N, C, 36, tiles) -> (36, C, N * tiles)`` (a view for one image): the operand of
+    one batched matrix product over all images."""
+    n, c, p, k = t.shape
+    return t[0].transpose(0, 1) if n == 1 else t.permute(2, 1, 0, 3).reshape(p, c, n * k)
+
+
+def _tile_padded(x: Tensor, pad: int, ho: int, wo: int) -> tuple[Tensor, int, int]:
+    """``x`` zero-padded by ``pad``, plus zeros at the bottom/right up to whole 4x4 tiles."""
+    th, tw = -(-ho // 4), -(-wo // 4)
+    return F.pad(x, (pad, pad + 4 * tw - wo, pad, pad + 4 * th - ho)), th, tw
+
+
+def _f43_conv(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
+    """``F.conv2d(x, w, b, padding=pad)`` for a 3x3 kernel by Winograd F(4x4, 3x3)."""
+    n, ci, h, wd = x.shape
+    co = w.shape[0]
+    ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+    m = _f43_matrices(x.dtype)
+    xp, th, tw = _tile_padded(x, pad, ho, wo)
+    v = _tiles(xp, m["input"])  # (n, ci, 36, t)
+    wt = torch.mm(m["weight"], w.reshape(co * ci, 9).t()).view(36, co, ci)
+    y = torch.bmm(wt, _tile_major(v))  # (36, co, n * tiles)
+    out = torch.mm(m["output"], y.view(36, -1)).view(4, 4, co, n, th, tw)
+    out = out.permute(3, 2, 4, 0, 5, 1).reshape(n, co, 4 * th, 4 * tw)
+    if (4 * th, 4 * tw) != (ho, wo):
+        out = out[:, :, :ho, :wo].contiguous()
+    if b is not None:
+        out += b.view(1, -1, 1, 1)
+    return out
+
+
+def _f43_weight_grad(x: Tensor, go: Tensor, pad: int) -> Tensor:
+    """The weight gradient of ``F.conv2d(x, w, padding=pad)`` (3x3) for output gradient
+    ``go``, by Winograd F(3x3, 4x4)."""
+    n, co, ho, wo = go.shape
+    ci = x.shape[1]
+    m = _f43_matrices(x.dtype)
+    xp, th, tw = _tile_padded(x, pad, ho, wo)
+    if (4 * th, 4 * tw) != (ho, wo):  # zero gradients add nothing
+        go = F.pad(go, (0, 4 * tw - wo, 0, 4 * th - ho))
+    v, u = _tiles(xp, m["input"]), _tiles(go, m["grad"])
+    acc = torch.bmm(_tile_major(u), _tile_major(v).transpose(1, 2))  # (36, co, ci)
+    gw = torch.mm(m["weight"].t(), acc.view(36, -1)).view(3, 3, co, ci)
+    return gw.permute(2, 3, 0, 1).contiguous()
+
+
+def _conv_kernel(ci: int, co: int, side: int) -> str:
+    """Fastest kernel for a 3x3 convolution (or its input gradient) with outputs ``side``
+    pixels a side, as measured by ``benchmarks/perf_ceiling.py --winograd``: NNPACK from
+    64x64 on; F(4x4, 3x3) at 32-63 pixels for wide layers (and from 64 without NNPACK)."""
+    if side >= 64 and available():
+        return "nnpack"
+    if side >= 32 and min(ci, co) >= (128 if side >= 64 else 256):
+        return "f43"
+    return "direct"
+
+
+def _weight_grad_kernel(ci: int, co: int, side: int) -> str:
+    """Fastest weight-gradient kernel (see :func:`_conv_kernel`)."""
+    return "f43" if side >= 32 and min(ci, co) >= 128 else "direct"
+
+
+def _conv(kernel: str, x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
+    if kernel == "nnpack":
+        return _nnpack(x, w, b, pad)
+    if kernel == "f43":
+        return _f43_conv(x, w, b, pad)
+    return F.conv2d(x, w, b, padding=pad)
+
+
 class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
         ctx.save_for_backward(x, w)
         ctx.pad, ctx.has_bias = pad, b is not None
-        return _nnpack(x, w, b, pad)
+        co, ci = w.shape[:2]
+        return _conv(_conv_kernel(ci, co, min(x.shape[-2:]) + 2 * pad - 2), x, w, b, pad)
 
     @staticmethod
     def backward(ctx, go: Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
         go = go.contiguous()
+        pad = ctx.pad
+        co, ci = w.shape[:2]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # full correlation with the flipped, transposed kernel
             wt = w.flip(2, 3).transpose(0, 1).contiguous()
-            gx = _nnpack(go, wt, None, 2 - ctx.pad)
+            gx = _conv(_conv_kernel(co, ci, min(x.shape[-2:])), go, wt, None, 2 - pad)
         if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(
-                go, x, w, None, [1, 1], [ctx.pad] * 2, [1, 1], False, [0, 0], 1,
-                [False, True, False],
-            )[1]  # fmt: skip
+            if _weight_grad_kernel(ci, co, min(go.shape[-2:])) == "f43":
+                gw = _f43_weight_grad(x, go, pad)
+            else:
+                gw = torch.ops.aten.convolution_backward(
+                    go, x, w, None, [1, 1], [pad] * 2, [1, 1], False, [0, 0], 1,
+                    [False, True, False],
+                )[1]  # fmt: skip
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = go.sum((0, 2, 3))
         return gx, gw, gb, None
 
 
 def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int = 0) -> Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding)`` for a 3x3 kernel, stride 1, computed
-    with NNPACK's Winograd kernel (output and input gradient) on the CPU in float32;
-    ``padding`` is 0 or 1 (zeros). Check :func:`available` first."""
+    """``F.conv2d(x, weight, bias, padding=padding)`` for a 3x3 kernel, stride 1, on the
+    CPU in float32, each of the output, input gradient and weight gradient computed by the
+    fastest kernel for its shape (NNPACK needs :func:`available`); ``padding`` is 0 or 1
+    (zeros)."""
     return _WinogradConv.apply(x, weight, bias, padding)
 
 
@@ -148,10 +276,19 @@ def _tracing() -> bool:
 
 
 class WinogradConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that runs Winograd (NNPACK) kernels where they are faster (see the
-    module docstring); ``min_size`` is the smallest output side that uses them."""
+    """``nn.Conv2d`` that runs Winograd kernels where they are faster (see the module
+    docstring); ``min_size`` is the smallest output side that uses them."""
 
     min_size: int = 64
+
+    def _pays_off(self, x: Tensor, pad: int) -> bool:
+        """Whether a Winograd kernel is the faster one for the output or, in training, for
+        the weight gradient (the input gradient's size matches the output's)."""
+        ci, co, side = self.in_channels, self.out_channels, min(x.shape[-2:]) + 2 * pad - 2
+        if _conv_kernel(ci, co, side) != "direct":
+            return True
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return grad and _weight_grad_kernel(ci, co, side) != "direct"
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
@@ -165,7 +302,7 @@ class WinogradConv2d(nn.Conv2d):
             and x.dim() == 4
             and min(x.shape[-2:]) + 2 * pad - 2 >= self.min_size
             and not _autocast()
-            and available()
+            and self._pays_off(x, pad)
         ):
             if self.padding_mode != "zeros" and pad:
                 x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -200,9 +337,7 @@ def _plain_class(sub: nn.Module) -> type | None:
 def use_winograd(module: nn.Module, min_size: int = 64) -> int:
     """Turn every eligible ``nn.Conv2d`` below ``module`` (spectrally normalised ones
     included) into :class:`WinogradConv2d`, in place, parameters and parametrizations
-    untouched. Returns how many; 0 when NNPACK is unavailable."""
-    if not available():
-        return 0
+    untouched. Returns how many."""
     n = 0
     for sub in module.modules():
         if _plain_class(sub) is nn.Conv2d and _eligible_module(sub):  # type: ignore[arg-type]
