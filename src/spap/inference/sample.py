@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from spap.errors import CheckpointError, SpapError
-from spap.layers.winograd import INFERENCE_MIN_SIZE, use_winograd
+from spap.layers.winograd import use_winograd
 from spap.models.sngan import SNGANGenerator, build_generator, latents
 
 __all__ = [
@@ -153,7 +153,7 @@ class Sampler:
         self.generator = generator.eval().requires_grad_(False)
         self.device = next(generator.parameters()).device
         if self.device.type == "cpu":  # faster 3x3 convs, see spap.layers.winograd
-            use_winograd(self.generator, INFERENCE_MIN_SIZE)
+            use_winograd(self.generator)
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
         self.step = step

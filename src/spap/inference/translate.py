@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, DataError, SpapError
-from spap.layers.winograd import INFERENCE_MIN_SIZE, use_winograd
+from spap.layers.winograd import use_winograd
 
 __all__ = [
     "FolderResult",
@@ -255,7 +255,7 @@ class Translator:
         for g in self.generators.values():
             g.requires_grad_(False)
             if self.device.type == "cpu":  # faster 3x3 convolutions on large feature maps
-                use_winograd(g, INFERENCE_MIN_SIZE)
+                use_winograd(g)
         self.config = dict(config or {})
 
     # -- construction

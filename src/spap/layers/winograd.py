@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 __all__ = [
-    "INFERENCE_MIN_SIZE",
+    "MIN_SIZE",
     "WinogradConv2d",
     "available",
     "direct_convolutions",
@@ -50,10 +50,10 @@ __all__ = [
     "winograd_conv3x3",
 ]
 
-#: Smallest output side that uses Winograd kernels for inference (forward only); below
-#: 32x32 their transforms cost more than they save (``benchmarks/perf_ceiling.py
+#: Smallest output side that uses Winograd kernels by default (training and inference);
+#: below 32x32 their transforms cost more than they save (``benchmarks/perf_ceiling.py
 #: --winograd``).
-INFERENCE_MIN_SIZE = 32
+MIN_SIZE = 32
 
 log = logging.getLogger(__name__)
 _STATE: dict[str, bool] = {}
@@ -107,9 +107,9 @@ _G = (
 )  # fmt: skip
 _A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 _MATS: dict[torch.dtype, dict[str, Tensor]] = {}
-#: images per call of the tile transforms (oneDNN slows down badly on larger batches of
-#: one-channel images)
-_CHUNK = 64
+#: tiles per call of the tile transforms (oneDNN's one-channel convolution slows down
+#: several times on larger batches)
+_TILES_PER_CALL = 65536
 
 
 def _f43_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
@@ -130,7 +130,11 @@ def _tiles(x: Tensor, kernel: Tensor) -> Tensor:
     one-channel convolution (stride 4) with the 36 transform kernels."""
     n, c, h, w = x.shape
     flat = x.reshape(n * c, 1, h, w)
-    parts = [F.conv2d(flat[i : i + _CHUNK], kernel, stride=4) for i in range(0, n * c, _CHUNK)]
+    step = max(
+        1,
+        _TILES_PER_CALL // (((h - kernel.shape[-1]) // 4 + 1) * ((w - kernel.shape[-1]) // 4 + 1)),
+    )
+    parts = [F.conv2d(flat[i : i + step], kernel, stride=4) for i in range(0, n * c, step)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.view(n, c, 36, -1)
 
@@ -279,7 +283,7 @@ class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d`` that runs Winograd kernels where they are faster (see the module
     docstring); ``min_size`` is the smallest output side that uses them."""
 
-    min_size: int = 64
+    min_size: int = MIN_SIZE
 
     def _pays_off(self, x: Tensor, pad: int) -> bool:
         """Whether a Winograd kernel is the faster one for the output or, in training, for
@@ -334,7 +338,7 @@ def _plain_class(sub: nn.Module) -> type | None:
     return cls if cls in (nn.Conv2d, WinogradConv2d) else None
 
 
-def use_winograd(module: nn.Module, min_size: int = 64) -> int:
+def use_winograd(module: nn.Module, min_size: int = MIN_SIZE) -> int:
     """Turn every eligible ``nn.Conv2d`` below ``module`` (spectrally normalised ones
     included) into :class:`WinogradConv2d`, in place, parameters and parametrizations
     untouched. Returns how many."""

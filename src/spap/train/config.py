@@ -64,9 +64,10 @@ class RunConfig:
     channels_last: bool = option(False, "use channels_last memory format for the networks")
     compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
     winograd_min_size: int | None = option(
-        64,
+        32,
         "CPU fp32 3x3 stride-1 convolutions with outputs at least this many pixels a side use "
-        "Winograd kernels (NNPACK) where available; null: direct convolutions only",
+        "Winograd kernels where they are the faster ones for the layer's shape; null: "
+        "direct convolutions only",
         min=1,
     )
     cudnn_benchmark: bool = option(
