@@ -169,3 +169,16 @@ def test_checksum_covers_every_tensor_and_value(toy_run: Path) -> None:
     assert state_digest(state) == base
     state["step"] = 7
     assert state_digest(state) != base
+
+
+def test_a_damaged_checksum_key_does_not_switch_the_check_off(
+    toy_run: Path, tmp_path: Path
+) -> None:
+    data = bytearray((toy_run / "checkpoints" / "step_0000006.pt").read_bytes())
+    i = data.rfind(b"checksum")  # the top-level key, stored last
+    assert i > 0
+    data[i + 7] ^= 1  # "checksum" -> "checksul": the state no longer names its checksum
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="no checksum"):
+        load_checkpoint(damaged)

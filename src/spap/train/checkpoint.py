@@ -240,7 +240,12 @@ def load_checkpoint(
             "spap.models.cyclegan.load_reference_generator)"
         )
     checksum = state.pop("checksum", None)
-    if checksum is not None and checksum != state_digest(state):
+    if checksum is None:  # every spap checkpoint has one: a damaged key name hides it
+        raise CheckpointError(
+            f"{file}: corrupt checkpoint (no checksum: the file was damaged or modified after "
+            "it was written)"
+        )
+    if checksum != state_digest(state):
         raise CheckpointError(
             f"{file}: corrupt checkpoint (checksum mismatch: the file was damaged or modified "
             "after it was written)"
