@@ -13,13 +13,14 @@ arithmetic, its time cannot drop below the convolution time, so
 beside the convolutions' GFLOP/s.
 
 Part 2 (``--winograd``) is the one means that changes the arithmetic: Winograd 3x3
-convolutions, which need fewer multiplications. It times, per residual-block shape of the
-three configurations, the direct convolution (oneDNN, what PyTorch runs) against NNPACK's
-Winograd kernel for the forward and the input gradient (the weight gradient stays direct),
-forward + backward, interleaved, with the relative error of each against float64 (the
-kernel is ``spap.layers.winograd``'s, which training uses); then whole training steps of
-spap's tasks (CycleGAN 256 px, GAN 128 px batch 16) with ``run.winograd_min_size=null``
-(direct) vs its default 64.
+convolutions, which need fewer multiplications. It times, per convolution shape (the
+CycleGAN residual blocks, some GAN layers), the direct kernel (oneDNN, what PyTorch runs)
+against NNPACK's Winograd forward and ``spap.layers.winograd``'s F(4x4, 3x3) forward, and
+the direct weight gradient against F(3x3, 4x4), interleaved, with F(4x4, 3x3)'s relative
+error against float64 and the kernels spap picks for the shape (the input gradient is a
+convolution of the same size as the forward and uses the forward's pick); then whole
+training steps of spap's tasks (CycleGAN 256 and 128 px, GAN 128 px batch 16) with
+``run.winograd_min_size=null`` (direct) vs its default.
 
     python benchmarks/perf_ceiling.py                # part 1, all three configs
     python benchmarks/perf_ceiling.py --winograd     # part 2 (--quick: no GAN step)
@@ -28,7 +29,6 @@ spap's tasks (CycleGAN 256 px, GAN 128 px batch 16) with ``run.winograd_min_size
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -72,88 +72,88 @@ def ceiling(name: str, repeats: int) -> list[object]:
     ]
 
 
+#: (batch, channels, output side) of the 3x3 convolutions timed by ``--winograd``: the
+#: residual blocks of the three CycleGAN configurations (one image; three, as the batched
+#: generator forwards run them) and the GAN's wide layers at batch 16.
+SHAPES = (
+    (1, 256, 64), (3, 256, 32), (2, 256, 32), (1, 256, 32), (3, 128, 32), (3, 128, 16),
+    (1, 128, 64), (16, 128, 64), (16, 128, 32), (16, 64, 64), (16, 64, 128),
+)  # fmt: skip
+
+
 def winograd_rows(repeats: int) -> list[list[object]]:
-    from spap.layers.winograd import available, winograd_conv3x3
+    """Per shape: the output (forward) and the weight gradient by each kernel, and the
+    kernels ``spap.layers.winograd`` picks for that shape."""
+    from spap.layers import winograd as W
 
-    if not available():
-        print("NNPACK is not available in this torch build", file=sys.stderr)
-        return []
     rows = []
-    seen = set()
-    for name, (size, _, width, _) in CONFIGS.items():
-        hw = size // 4  # the residual blocks' feature maps
-        for batch in (1, 3):  # one image; three (the batched generator forwards)
-            c = width * 4
-            if (batch, c, hw) in seen:
-                continue
-            seen.add((batch, c, hw))
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(batch, c, hw + 2, hw + 2, generator=g).requires_grad_()
-            w = (torch.randn(c, c, 3, 3, generator=g) * 0.02).requires_grad_()
-            b = torch.zeros(c, requires_grad=True)
-            go = torch.randn(batch, c, hw, hw, generator=g)
-            x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-            exact = torch.autograd.grad(F.conv2d(x64, w64), (x64, w64), go.double())
-            errors = {}
-            for label, fn in (("direct", F.conv2d), ("winograd", winograd_conv3x3)):
-                out = fn(x, w, b)
-                grads = torch.autograd.grad(out, (x, w), go)
-                errors[label] = max(
-                    ((a.double() - e).norm() / e.norm()).item() for a, e in zip(grads, exact)
-                )
+    for n, c, hw in SHAPES:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, hw, hw, generator=g)
+        w = torch.randn(c, c, 3, 3, generator=g) * 0.02
+        go = torch.randn(n, c, hw, hw, generator=g)
 
-            def run(fn, x=x, w=w, b=b, go=go):
-                return lambda: fn(x, w, b).backward(go)
+        def wgrad_direct(x=x, w=w, go=go):
+            return torch.ops.aten.convolution_backward(
+                go, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False]
+            )[1]
 
-            times = C.interleaved(
-                {"direct": run(F.conv2d), "winograd": run(winograd_conv3x3)},
-                repeats,
-                warmup=2,
-                progress=False,
-            )
-            flops = 3 * 2 * batch * c * c * 9 * hw * hw
-            td, tw = C.median(times["direct"]), C.median(times["winograd"])
-            rows.append(
-                [
-                    f"{name}px config",
-                    f"{batch}x{c}x{hw}x{hw}",
-                    td * 1e3,
-                    flops / td / 1e9,
-                    tw * 1e3,
-                    f"{td / tw:.2f}x",
-                    f"{errors['direct']:.0e}",
-                    f"{errors['winograd']:.0e}",
-                ]
-            )
+        fns = {
+            "direct": lambda x=x, w=w: F.conv2d(x, w, padding=1),
+            "f43": lambda x=x, w=w: W._f43_conv(x, w, None, 1),
+            "wgrad direct": wgrad_direct,
+            "wgrad f43": lambda x=x, go=go: W._f43_weight_grad(x, go, 1),
+        }
+        if W.available():
+            fns["nnpack"] = lambda x=x, w=w: W._nnpack(x, w, None, 1)
+        exact = F.conv2d(x.double(), w.double(), padding=1)
+        err = ((fns["f43"]().double() - exact).norm() / exact.norm()).item()
+        times = {k: C.median(v) for k, v in C.interleaved(fns, repeats, 2, False).items()}
+        td, twd = times["direct"], times["wgrad direct"]
+        rows.append(
+            [
+                f"{n}x{c}x{hw}x{hw}",
+                td * 1e3,
+                2 * n * c * c * 9 * hw * hw / td / 1e9,
+                f"{td / times['nnpack']:.2f}x" if "nnpack" in times else "n/a",
+                f"{td / times['f43']:.2f}x",
+                twd * 1e3,
+                f"{twd / times['wgrad f43']:.2f}x",
+                f"{err:.0e}",
+                W._conv_kernel(c, c, hw),
+                W._weight_grad_kernel(c, c, hw),
+            ]
+        )
     return rows
 
 
 def step_rows(repeats: int, quick: bool) -> list[list[object]]:
-    """Whole training steps of spap's tasks with ``run.winograd_min_size`` 64 vs null."""
+    """Whole training steps of spap's tasks with ``run.winograd_min_size`` null vs its
+    default."""
     import perf_cyclegan
     import perf_gan
 
     rows = []
-    size, n_blocks, width, config = CONFIGS["256"]
-    model = {"ngf": width, "ndf": width, "n_blocks": n_blocks, "attention": "none"}
-    cases = [("CycleGAN 256px/9blk/64, batch 1", "cyclegan", size)]
+    cases = [("CycleGAN 256px/9blk/64, batch 1", "256"), ("CycleGAN 128px/6blk/64", "128")]
     if not quick:
-        cases.append(("GAN 128px baseline, batch 16", "gan", 128))
-    for label, kind, size in cases:
+        cases.append(("GAN 128px baseline, batch 16", "gan"))
+    for label, kind in cases:
         steppers = {}
-        for mode in (None, 64):
+        for mode in ("direct", "default"):
             torch.manual_seed(0)
-            if kind == "cyclegan":
-                over = {"model": model, "run": {"winograd_min_size": mode}}
-                task = perf_cyclegan.make_task(config, over, size)
-                batches = perf_cyclegan.make_batches(size, 2)
-            else:
-                over = {"train": {"batch_size": 16}, "run": {"winograd_min_size": mode}}
+            run = {"winograd_min_size": None} if mode == "direct" else {}
+            if kind == "gan":
+                over = {"train": {"batch_size": 16}, "run": run}
                 task = perf_gan.make_task(perf_gan.CONFIGS["baseline"], over)
                 batches = perf_gan.make_batches(task.batch_size)
-            steppers["direct" if mode is None else "winograd"] = perf_gan.Stepper(task, batches)
+            else:
+                size, n_blocks, width, config = CONFIGS[kind]
+                model = {"ngf": width, "ndf": width, "n_blocks": n_blocks, "attention": "none"}
+                task = perf_cyclegan.make_task(config, {"model": model, "run": run}, size)
+                batches = perf_cyclegan.make_batches(size, 2)
+            steppers[mode] = perf_gan.Stepper(task, batches)
         times = C.interleaved(steppers, repeats, warmup=1)
-        td, tw = C.median(times["direct"]), C.median(times["winograd"])
+        td, tw = C.median(times["direct"]), C.median(times["default"])
         rows.append([label, td, tw, f"{td / tw:.2f}x"])
     return rows
 
@@ -169,20 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.winograd:
         rows = winograd_rows(max(args.repeats, 7))
         headers = [
-            "config",
-            "conv input (N x C x H x W)",
+            "conv output (N x C x H x W)",
             "direct ms",
             "direct GFLOP/s",
-            "Winograd ms",
-            "speedup",
-            "direct error",
-            "Winograd error",
+            "NNPACK",
+            "F(4x4,3x3)",
+            "weight grad direct ms",
+            "weight grad F(3x3,4x4)",
+            "F(4x4,3x3) error",
+            "picked: output, input grad",
+            "picked: weight grad",
         ]
-        print("\nResidual-block 3x3 convolution, forward + backward (medians, interleaved):")
+        print("\n3x3 convolution (C -> C, padding 1): speedup of each kernel over the direct")
+        print("one, forward and weight gradient (medians, interleaved):")
         print(C.table(headers, rows))
         rows = step_rows(args.repeats, args.quick)
         headers = ["training step", "direct s", "Winograd s (default)", "speedup"]
-        print("\nWhole training steps, run.winograd_min_size=null vs 64 (medians, interleaved):")
+        print(
+            "\nWhole training steps, run.winograd_min_size=null vs default (medians, interleaved):"
+        )
         print(C.table(headers, rows))
     else:
         rows = [ceiling(name, args.repeats) for name in args.configs.split(",")]

@@ -137,7 +137,7 @@ class LeverCycleGAN(RefCycleGAN):
             from spap.layers.winograd import use_winograd
 
             for net in self.networks().values():
-                use_winograd(net, 64)
+                use_winograd(net)
         self.batch_g, self.batch_d, self.cl = batch_g, batch_d, channels_last
         if reflect_in_conv:
             for net in self.networks().values():
@@ -253,7 +253,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "batched G forwards 2+3": {"batch_g": "2+3"},
     "batched D real+fake": {"batch_d": True},
     "reflect pad inside conv": {"reflect_in_conv": True},
-    "Winograd 3x3 convs (outputs >= 64x64)": {"winograd": True},
+    "Winograd 3x3 convs (spap.layers.winograd)": {"winograd": True},
     "foreach Adam": {"adam": "foreach"},
     "fused Adam": {"adam": "fused"},
 }

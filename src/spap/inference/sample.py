@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from spap.errors import CheckpointError, SpapError
+from spap.layers.thin_conv import use_thin_conv
 from spap.layers.winograd import use_winograd
 from spap.models.sngan import SNGANGenerator, build_generator, latents
 
@@ -154,6 +155,7 @@ class Sampler:
         self.device = next(generator.parameters()).device
         if self.device.type == "cpu":  # faster 3x3 convs, see spap.layers.winograd
             use_winograd(self.generator)
+            use_thin_conv(self.generator)
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
         self.step = step

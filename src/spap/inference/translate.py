@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, DataError, SpapError
+from spap.layers.thin_conv import use_thin_conv
 from spap.layers.winograd import use_winograd
 
 __all__ = [
@@ -256,6 +257,7 @@ class Translator:
             g.requires_grad_(False)
             if self.device.type == "cpu":  # faster 3x3 convolutions on large feature maps
                 use_winograd(g)
+                use_thin_conv(g)
         self.config = dict(config or {})
 
     # -- construction

@@ -70,6 +70,11 @@ class RunConfig:
         "direct convolutions only",
         min=1,
     )
+    thin_conv_channels_last: bool = option(
+        True,
+        "CPU: convolutions to at most 4 channels from more (image outputs) run in "
+        "channels_last, where oneDNN is faster for them",
+    )
     cudnn_benchmark: bool = option(
         True,
         "CUDA: let cuDNN time and pick the fastest convolution algorithm per input shape "

@@ -1,0 +1,71 @@
+"""Convolutions to few channels run channels_last on the CPU: same results as nn.Conv2d
+within fp32 rounding, same state dict, plain convolutions in traced graphs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from spap.layers.thin_conv import ThinConv2d, use_thin_conv
+
+
+def _grads(conv: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_()
+    out = conv(x)
+    go = torch.linspace(-1, 1, out.numel()).view_as(out)
+    return [out, *torch.autograd.grad(out, (x, conv.weight, conv.bias), go)]
+
+
+@pytest.mark.parametrize(("pad", "mode"), [(3, "reflect"), (3, "zeros"), (0, "zeros")])
+def test_matches_the_plain_convolution(pad: int, mode: str) -> None:
+    torch.manual_seed(0)
+    plain = nn.Conv2d(16, 3, 7, padding=pad, padding_mode=mode)
+    thin = copy.deepcopy(plain)
+    assert use_thin_conv(thin) == 1 and type(thin) is ThinConv2d
+    assert list(thin.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 16, 40, 38)
+    ref, got = _grads(plain, x), _grads(thin, x)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ref, got):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)
+    assert got[0].is_contiguous() and got[1].is_contiguous()
+    thin(x).sum().backward()  # what optimizers see: .grad in the parameter's layout
+    assert thin.weight.grad is not None and thin.weight.grad.is_contiguous()
+
+
+def test_only_convolutions_to_few_channels_are_converted() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 64, 7, padding=3),  # to many channels
+        nn.Conv2d(64, 3, 7, padding=3),  # yes
+        nn.Conv2d(2, 2, 3, padding=1),  # no more inputs than outputs
+        nn.Conv2d(8, 1, 4),  # yes (PatchGAN-like head)
+    )
+    assert use_thin_conv(net) == 2
+    assert [type(m) is ThinConv2d for m in net] == [False, True, False, True]
+
+
+def test_small_outputs_and_traced_graphs_use_the_plain_path() -> None:
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 1, 4)
+    thin = copy.deepcopy(plain)
+    use_thin_conv(thin)
+    x = torch.randn(1, 8, 10, 10)  # 7x7 output < 32
+    assert torch.equal(thin(x), plain(x))
+    traced = torch.jit.trace(thin.eval(), torch.randn(1, 8, 40, 40))
+    assert "contiguous" not in str(traced.inlined_graph)
+
+
+def test_the_training_context_converts_by_run_config() -> None:
+    from spap.models.cyclegan import build_generator
+    from spap.train.config import RunConfig
+    from spap.train.cyclegan import CycleGANModelConfig
+    from spap.train.distributed import DistInfo
+    from spap.train.runner import RunContext
+
+    for on in (True, False):
+        ctx = RunContext(RunConfig(thin_conv_channels_last=on), torch.device("cpu"), DistInfo())
+        g = ctx.prepare(build_generator(CycleGANModelConfig(ngf=8, n_blocks=1)))
+        assert sum(type(m) is ThinConv2d for m in g.modules()) == int(on)  # the output layer
