@@ -24,6 +24,7 @@ training steps of spap's tasks (CycleGAN 256 and 128 px, GAN 128 px batch 16) wi
 
     python benchmarks/perf_ceiling.py                # part 1, all three configs
     python benchmarks/perf_ceiling.py --winograd     # part 2 (--quick: no GAN step)
+    python benchmarks/perf_ceiling.py --thin         # the output layer in channels_last
 """
 
 from __future__ import annotations
@@ -127,6 +128,37 @@ def winograd_rows(repeats: int) -> list[list[object]]:
     return rows
 
 
+def thin_rows(repeats: int) -> list[list[object]]:
+    """The generator's output layer (7x7, ngf -> 3, reflection padding), forward + backward:
+    ``nn.Conv2d`` vs ``spap.layers.thin_conv.ThinConv2d`` (channels_last)."""
+    import copy
+
+    from torch import nn
+
+    from spap.layers.thin_conv import use_thin_conv
+
+    rows = []
+    for size, _, width, _ in CONFIGS.values():
+        for batch in (1, 3):
+            torch.manual_seed(0)
+            plain = nn.Conv2d(width, 3, 7, padding=3, padding_mode="reflect")
+            thin = copy.deepcopy(plain)
+            use_thin_conv(thin)
+            x = torch.randn(batch, width, size, size, requires_grad=True)
+
+            def run(m, x=x):
+                return lambda: m(x).sum().backward()
+
+            times = C.interleaved({"plain": run(plain), "thin": run(thin)}, repeats, 2, False)
+            tp, tt = C.median(times["plain"]), C.median(times["thin"])
+            flops = 3 * 2 * batch * width * 3 * 49 * size * size
+            rows.append(
+                [f"{batch}x{width}x{size}x{size}", tp * 1e3, flops / tp / 1e9, tt * 1e3,
+                 f"{tp / tt:.2f}x"]
+            )  # fmt: skip
+    return rows
+
+
 def step_rows(repeats: int, quick: bool) -> list[list[object]]:
     """Whole training steps of spap's tasks with ``run.winograd_min_size`` null vs its
     default."""
@@ -164,9 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="profiled iterations per config")
     p.add_argument("--winograd", action="store_true", help="part 2: Winograd vs direct")
     p.add_argument("--quick", action="store_true", help="part 2 without the GAN step")
+    p.add_argument("--thin", action="store_true", help="the output layer, channels_last or not")
     args = p.parse_args(argv)
     print(C.machine_line())
-    if args.winograd:
+    if args.thin:
+        headers = [
+            "input (N x C x H x W)",
+            "NCHW ms",
+            "NCHW GFLOP/s",
+            "channels_last ms",
+            "speedup",
+        ]
+        print("\nGenerator output layer 7x7 C -> 3, forward + backward (medians, interleaved):")
+        print(C.table(headers, thin_rows(max(args.repeats, 7))))
+    elif args.winograd:
         rows = winograd_rows(max(args.repeats, 7))
         headers = [
             "conv output (N x C x H x W)",

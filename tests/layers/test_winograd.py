@@ -31,7 +31,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     ("n", "ci", "co", "h", "w", "pad"),
     [(2, 5, 7, 13, 10, 1), (1, 4, 3, 10, 10, 0), (3, 6, 4, 9, 17, 1), (1, 70, 3, 6, 6, 1)],
 )
-def test_f43_kernels_match_float64_convolutions(n, ci, co, h, w, pad) -> None:
+@pytest.mark.parametrize("group_bytes", [8 << 20, 1], ids=["one-pass", "image-by-image"])
+def test_f43_kernels_match_float64_convolutions(
+    n, ci, co, h, w, pad, group_bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(winograd, "_GROUP_BYTES", group_bytes)
     torch.manual_seed(0)
     x, wt, b = torch.randn(n, ci, h, w), torch.randn(co, ci, 3, 3), torch.randn(co)
     want = F.conv2d(x.double(), wt.double(), b.double(), padding=pad)
@@ -54,7 +58,9 @@ def test_kernel_choice_follows_the_measurements(monkeypatch: pytest.MonkeyPatch)
     assert winograd._conv_kernel(256, 256, 32) == "f43"
     assert winograd._conv_kernel(128, 256, 32) == "direct"
     assert winograd._conv_kernel(256, 256, 16) == "direct"
-    assert winograd._weight_grad_kernel(128, 128, 32) == "f43"
+    assert winograd._weight_grad_kernel(128, 128, 64) == "f43"
+    assert winograd._weight_grad_kernel(128, 128, 32) == "direct"
+    assert winograd._weight_grad_kernel(256, 256, 32) == "f43"
     assert winograd._weight_grad_kernel(64, 256, 64) == "direct"
     assert winograd._weight_grad_kernel(256, 256, 16) == "direct"
     # a layer where no Winograd kernel pays off keeps nn.Conv2d's own forward

@@ -11,8 +11,9 @@ are direct (oneDNN). Two Winograd kernels are used here:
   with the flipped, transposed weights) for outputs of 64x64 and more;
 - F(4x4, 3x3) written here with tensor operations (tile transforms as a strided
   one-channel convolution, 36 batched matrix products over the channels): the weight
-  gradient (which NNPACK's binding lacks) of layers with at least 128 channels, and the
-  output and input gradient of layers with at least 256 channels at 32-63 pixels.
+  gradient (which NNPACK's binding lacks) of layers with at least 128 channels from 64x64
+  on, and the output, input gradient and weight gradient of layers with at least 256
+  channels at 32-63 pixels.
 
 :class:`WinogradConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) whose
 forward picks per call the fastest of these and the direct kernel (see
@@ -110,6 +111,8 @@ _MATS: dict[torch.dtype, dict[str, Tensor]] = {}
 #: tiles per call of the tile transforms (oneDNN's one-channel convolution slows down
 #: several times on larger batches)
 _TILES_PER_CALL = 65536
+#: bytes of transformed tiles per pass over a group of images
+_GROUP_BYTES = 8 << 20
 
 
 def _f43_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
@@ -152,11 +155,22 @@ def _tile_padded(x: Tensor, pad: int, ho: int, wo: int) -> tuple[Tensor, int, in
     return F.pad(x, (pad, pad + 4 * tw - wo, pad, pad + 4 * th - ho)), th, tw
 
 
+def _group(n: int, channels: int, ho: int, wo: int) -> int:
+    """Images per pass so that one pass's transformed tiles stay within
+    :data:`_GROUP_BYTES` (beyond that the passes run from memory, not cache, and batch 16
+    ran at half the direct kernel's speed)."""
+    per_image = 36 * channels * -(-ho // 4) * -(-wo // 4) * 4
+    return max(1, min(n, _GROUP_BYTES // per_image))
+
+
 def _f43_conv(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
     """``F.conv2d(x, w, b, padding=pad)`` for a 3x3 kernel by Winograd F(4x4, 3x3)."""
     n, ci, h, wd = x.shape
     co = w.shape[0]
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+    g = _group(n, max(ci, co), ho, wo)
+    if g < n:
+        return torch.cat([_f43_conv(x[i : i + g], w, b, pad) for i in range(0, n, g)])
     m = _f43_matrices(x.dtype)
     xp, th, tw = _tile_padded(x, pad, ho, wo)
     v = _tiles(xp, m["input"])  # (n, ci, 36, t)
@@ -176,6 +190,10 @@ def _f43_weight_grad(x: Tensor, go: Tensor, pad: int) -> Tensor:
     ``go``, by Winograd F(3x3, 4x4)."""
     n, co, ho, wo = go.shape
     ci = x.shape[1]
+    g = _group(n, max(ci, co), ho, wo)
+    if g < n:
+        parts = [_f43_weight_grad(x[i : i + g], go[i : i + g], pad) for i in range(0, n, g)]
+        return torch.stack(parts).sum(0)
     m = _f43_matrices(x.dtype)
     xp, th, tw = _tile_padded(x, pad, ho, wo)
     if (4 * th, 4 * tw) != (ho, wo):  # zero gradients add nothing
@@ -198,8 +216,11 @@ def _conv_kernel(ci: int, co: int, side: int) -> str:
 
 
 def _weight_grad_kernel(ci: int, co: int, side: int) -> str:
-    """Fastest weight-gradient kernel (see :func:`_conv_kernel`)."""
-    return "f43" if side >= 32 and min(ci, co) >= 128 else "direct"
+    """Fastest weight-gradient kernel (see :func:`_conv_kernel`): F(3x3, 4x4) for layers of
+    128+ channels from 64x64 on and of 256+ channels from 32x32 on."""
+    if side >= 32 and min(ci, co) >= (128 if side >= 64 else 256):
+        return "f43"
+    return "direct"
 
 
 def _conv(kernel: str, x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
