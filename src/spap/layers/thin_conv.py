@@ -2,10 +2,12 @@
 on the CPU.
 
 oneDNN's default (NCHW) kernels for a convolution to 1-4 channels, such as the 7x7
-64 -> 3 output layer of the CycleGAN generator or the GAN generator's 3x3 64 -> 3 one, run
-at 25-40 GFLOP/s on the CPU here, a fifth of the other layers; in channels_last the same
-layer, conversions included, is 1.2-1.5x faster forward + backward
-(``benchmarks/perf_ceiling.py --thin``). :class:`ThinConv2d` is an ``nn.Conv2d`` (same
+64 -> 3 output layer of the CycleGAN generator, run at 25-40 GFLOP/s on the CPU here, a
+fifth of the other layers; in channels_last the same layer, conversions included, is
+1.2-1.5x faster forward + backward (``benchmarks/perf_ceiling.py --thin``). Only plain
+``nn.Conv2d`` modules are converted: training and inference convert 3x3 stride-1 layers to
+:class:`~spap.layers.winograd.WinogradConv2d` first, which was faster still for the GAN
+generator's 3x3 64 -> 3 output layer (1.23x vs 1.1x, batch 16 at 128x128). :class:`ThinConv2d` is an ``nn.Conv2d`` (same
 parameters, same state dict) doing that for outputs of at least 32x32 (on smaller ones the
 conversion costs more); :func:`use_thin_conv` converts the eligible convolutions of a
 network in place. Not while tracing/exporting/compiling: exported graphs hold plain convs.

@@ -204,23 +204,24 @@ def _f43_weight_grad(x: Tensor, go: Tensor, pad: int) -> Tensor:
     return gw.permute(2, 3, 0, 1).contiguous()
 
 
+def _f43_pays_off(ci: int, co: int, side: int) -> bool:
+    """Whether F(4x4, 3x3) beats the direct kernel (forward or weight gradient): layers of
+    128+ channels from 64x64 on, of 256+ channels from 32x32 on."""
+    return side >= 32 and min(ci, co) >= (128 if side >= 64 else 256)
+
+
 def _conv_kernel(ci: int, co: int, side: int) -> str:
     """Fastest kernel for a 3x3 convolution (or its input gradient) with outputs ``side``
     pixels a side, as measured by ``benchmarks/perf_ceiling.py --winograd``: NNPACK from
-    64x64 on; F(4x4, 3x3) at 32-63 pixels for wide layers (and from 64 without NNPACK)."""
+    64x64 on; F(4x4, 3x3) where it pays off below that (and from 64 without NNPACK)."""
     if side >= 64 and available():
         return "nnpack"
-    if side >= 32 and min(ci, co) >= (128 if side >= 64 else 256):
-        return "f43"
-    return "direct"
+    return "f43" if _f43_pays_off(ci, co, side) else "direct"
 
 
 def _weight_grad_kernel(ci: int, co: int, side: int) -> str:
-    """Fastest weight-gradient kernel (see :func:`_conv_kernel`): F(3x3, 4x4) for layers of
-    128+ channels from 64x64 on and of 256+ channels from 32x32 on."""
-    if side >= 32 and min(ci, co) >= (128 if side >= 64 else 256):
-        return "f43"
-    return "direct"
+    """Fastest weight-gradient kernel: F(3x3, 4x4) where F(4x4, 3x3) pays off."""
+    return "f43" if _f43_pays_off(ci, co, side) else "direct"
 
 
 def _conv(kernel: str, x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
