@@ -48,6 +48,14 @@ def test_f43_kernels_match_float64_convolutions(
     )[1]  # fmt: skip
     got_gw = winograd._f43_weight_grad(x, go.float(), pad)
     assert got_gw.shape == wt.shape and _rel(got_gw, want_gw) < 1e-5
+    # the input gradient: flipped tile transforms with the forward's transformed weights
+    want_gx = torch.ops.aten.convolution_backward(
+        go, x.double(), wt.double(), None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+        [True, False, False],
+    )[0]  # fmt: skip
+    u = winograd._f43_weight(wt).transpose(1, 2)
+    got_gx = winograd._f43_conv(go.float(), wt, None, 2 - pad, u, flipped=True)
+    assert got_gx.shape == x.shape and _rel(got_gx, want_gx) < 1e-5
     assert not torch.equal(got, F.conv2d(x, wt, b, padding=pad))  # another algorithm
 
 
@@ -102,6 +110,20 @@ def test_output_and_gradients_match_the_direct_convolution(
         assert 0 <= err < 1e-5, name
     assert not torch.equal(ref[0], got[0])  # really a different algorithm
     assert torch.equal(wino(x), wino(x))  # deterministic (exact resume relies on it)
+
+
+@pytest.mark.parametrize("frozen", ["input", "weight"])
+def test_gradients_when_only_the_weight_or_only_the_input_needs_one(frozen: str) -> None:
+    plain, wino = _pair(1)
+    x = torch.randn(2, 6, 20, 20, requires_grad=frozen != "input")
+    for conv in (plain, wino):
+        conv.weight.requires_grad_(frozen != "weight")
+    wanted = (x,) if frozen == "weight" else (plain.weight,)
+    got_wanted = (x,) if frozen == "weight" else (wino.weight,)
+    go = torch.randn(2, 5, 20, 20)
+    ref = torch.autograd.grad(plain(x), wanted, go)[0]
+    got = torch.autograd.grad(wino(x), got_wanted, go)[0]
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_small_outputs_and_other_dtypes_fall_back_to_the_direct_convolution() -> None:

@@ -125,6 +125,12 @@ def _f43_matrices(dtype: torch.dtype) -> dict[str, Tensor]:
             "output": torch.einsum("ip,jq->ijpq", at, at).reshape(16, 36).to(dtype),
             "weight": torch.einsum("pk,ql->pqkl", g, g).reshape(36, 9).to(dtype),
         }
+        # correlating with the flipped kernel: per tile, B^T on the reversed window and
+        # A^T's rows reversed (corr(d, J g) = J A^T [(G g) * (B^T J d)])
+        _MATS[dtype]["input_flipped"] = _MATS[dtype]["input"].flip(-2, -1).contiguous()
+        _MATS[dtype]["output_flipped"] = (
+            _MATS[dtype]["output"].view(4, 4, 36).flip(0, 1).reshape(16, 36).contiguous()
+        )
     return _MATS[dtype]
 
 
@@ -163,20 +169,48 @@ def _group(n: int, channels: int, ho: int, wo: int) -> int:
     return max(1, min(n, _GROUP_BYTES // per_image))
 
 
-def _f43_conv(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
-    """``F.conv2d(x, w, b, padding=pad)`` for a 3x3 kernel by Winograd F(4x4, 3x3)."""
+def _f43_weight(w: Tensor) -> Tensor:
+    """The transformed 3x3 kernels ``G w G^T``: ``(co, ci, 3, 3) -> (36, co, ci)``."""
+    co, ci = w.shape[:2]
+    return torch.mm(_f43_matrices(w.dtype)["weight"], w.reshape(co * ci, 9).t()).view(36, co, ci)
+
+
+def _f43_conv(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    pad: int,
+    u: Tensor | None = None,
+    flipped: bool = False,
+    keep_tiles: list[Tensor] | None = None,
+) -> Tensor:
+    """``F.conv2d(x, w, b, padding=pad)`` for a 3x3 kernel by Winograd F(4x4, 3x3).
+
+    ``u`` is ``w``'s transform (:func:`_f43_weight`) if already computed, ``(36, co, ci)``
+    (``w`` is then only read for its shape). ``flipped`` correlates with the spatially
+    flipped kernels instead: with ``u`` the forward's transform, transposed to
+    ``(36, ci, co)``, that is the input gradient, without transforming the weights again.
+    ``keep_tiles`` receives the transformed input tiles, one tensor per pass, for
+    :func:`_f43_weight_grad`.
+    """
+    if u is None:
+        u = _f43_weight(w)
     n, ci, h, wd = x.shape
-    co = w.shape[0]
+    co = u.shape[1]
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
     g = _group(n, max(ci, co), ho, wo)
     if g < n:
-        return torch.cat([_f43_conv(x[i : i + g], w, b, pad) for i in range(0, n, g)])
+        return torch.cat(
+            [_f43_conv(x[i : i + g], w, b, pad, u, flipped, keep_tiles) for i in range(0, n, g)]
+        )
     m = _f43_matrices(x.dtype)
+    suffix = "_flipped" if flipped else ""
     xp, th, tw = _tile_padded(x, pad, ho, wo)
-    v = _tiles(xp, m["input"])  # (n, ci, 36, t)
-    wt = torch.mm(m["weight"], w.reshape(co * ci, 9).t()).view(36, co, ci)
-    y = torch.bmm(wt, _tile_major(v))  # (36, co, n * tiles)
-    out = torch.mm(m["output"], y.view(36, -1)).view(4, 4, co, n, th, tw)
+    v = _tile_major(_tiles(xp, m["input" + suffix]))  # (36, ci, n * tiles)
+    if keep_tiles is not None:
+        keep_tiles.append(v)
+    y = torch.bmm(u, v)  # (36, co, n * tiles)
+    out = torch.mm(m["output" + suffix], y.view(36, -1)).view(4, 4, co, n, th, tw)
     out = out.permute(3, 2, 4, 0, 5, 1).reshape(n, co, 4 * th, 4 * tw)
     if (4 * th, 4 * tw) != (ho, wo):
         out = out[:, :, :ho, :wo].contiguous()
@@ -185,21 +219,40 @@ def _f43_conv(x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:
     return out
 
 
-def _f43_weight_grad(x: Tensor, go: Tensor, pad: int) -> Tensor:
+def _f43_weight_grad(
+    x: Tensor | None, go: Tensor, pad: int, tiles: list[Tensor] | None = None
+) -> Tensor:
     """The weight gradient of ``F.conv2d(x, w, padding=pad)`` (3x3) for output gradient
-    ``go``, by Winograd F(3x3, 4x4)."""
+    ``go``, by Winograd F(3x3, 4x4); ``tiles`` are ``x``'s transformed tiles as the
+    forward kept them (``keep_tiles`` of :func:`_f43_conv`; ``x`` is then not needed)."""
     n, co, ho, wo = go.shape
-    ci = x.shape[1]
+    if tiles is None:
+        assert x is not None
+        ci = x.shape[1]
+    else:
+        ci = tiles[0].shape[1]
     g = _group(n, max(ci, co), ho, wo)
     if g < n:
-        parts = [_f43_weight_grad(x[i : i + g], go[i : i + g], pad) for i in range(0, n, g)]
+        parts = [
+            _f43_weight_grad(
+                None if x is None else x[i : i + g],
+                go[i : i + g],
+                pad,
+                None if tiles is None else tiles[j : j + 1],
+            )
+            for j, i in enumerate(range(0, n, g))
+        ]
         return torch.stack(parts).sum(0)
-    m = _f43_matrices(x.dtype)
-    xp, th, tw = _tile_padded(x, pad, ho, wo)
+    m = _f43_matrices(go.dtype)
+    th, tw = -(-ho // 4), -(-wo // 4)
+    if tiles is not None:
+        v = tiles[0]
+    else:
+        assert x is not None
+        v = _tile_major(_tiles(_tile_padded(x, pad, ho, wo)[0], m["input"]))
     if (4 * th, 4 * tw) != (ho, wo):  # zero gradients add nothing
         go = F.pad(go, (0, 4 * tw - wo, 0, 4 * th - ho))
-    v, u = _tiles(xp, m["input"]), _tiles(go, m["grad"])
-    acc = torch.bmm(_tile_major(u), _tile_major(v).transpose(1, 2))  # (36, co, ci)
+    acc = torch.bmm(_tile_major(_tiles(go, m["grad"])), v.transpose(1, 2))  # (36, co, ci)
     gw = torch.mm(m["weight"].t(), acc.view(36, -1)).view(3, 3, co, ci)
     return gw.permute(2, 3, 0, 1).contiguous()
 
@@ -236,23 +289,44 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, pad: int) -> Tensor:  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
-        ctx.save_for_backward(x, w)
         ctx.pad, ctx.has_bias = pad, b is not None
         co, ci = w.shape[:2]
-        return _conv(_conv_kernel(ci, co, min(x.shape[-2:]) + 2 * pad - 2), x, w, b, pad)
+        side = min(x.shape[-2:]) + 2 * pad - 2
+        ctx.side_in = min(x.shape[-2:])
+        kernel = _conv_kernel(ci, co, side)
+        if kernel != "f43":
+            ctx.save_for_backward(x, w, None)
+            return _conv(kernel, x, w, b, pad)
+        u = _f43_weight(w)
+        # the input gradient reuses the transformed weights (flipped tile transforms), the
+        # weight gradient the transformed input tiles (kept instead of the input)
+        keep_u = ctx.needs_input_grad[0] and _conv_kernel(co, ci, ctx.side_in) == "f43"
+        tiles: list[Tensor] | None = None
+        if ctx.needs_input_grad[1] and _weight_grad_kernel(ci, co, side) == "f43":
+            tiles = []
+        out = _f43_conv(x, w, b, pad, u, keep_tiles=tiles)
+        ctx.save_for_backward(x if tiles is None else None, w, u if keep_u else None, *tiles or ())
+        return out
 
     @staticmethod
     def backward(ctx, go: Tensor):  # type: ignore[override]
-        x, w = ctx.saved_tensors
+        x, w, u, *tiles = ctx.saved_tensors
         go = go.contiguous()
         pad = ctx.pad
         co, ci = w.shape[:2]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # full correlation with the flipped, transposed kernel
-            wt = w.flip(2, 3).transpose(0, 1).contiguous()
-            gx = _conv(_conv_kernel(co, ci, min(x.shape[-2:])), go, wt, None, 2 - pad)
+            kernel = _conv_kernel(co, ci, ctx.side_in)
+            if kernel == "f43":
+                u = _f43_weight(w) if u is None else u
+                gx = _f43_conv(go, w, None, 2 - pad, u.transpose(1, 2), flipped=True)
+            else:
+                wt = w.flip(2, 3).transpose(0, 1).contiguous()
+                gx = _conv(kernel, go, wt, None, 2 - pad)
         if ctx.needs_input_grad[1]:
-            if _weight_grad_kernel(ci, co, min(go.shape[-2:])) == "f43":
+            if tiles:
+                gw = _f43_weight_grad(None, go, pad, tiles)
+            elif _weight_grad_kernel(ci, co, min(go.shape[-2:])) == "f43":
                 gw = _f43_weight_grad(x, go, pad)
             else:
                 gw = torch.ops.aten.convolution_backward(
