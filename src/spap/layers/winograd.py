@@ -158,7 +158,8 @@ def _tile_major(t: Tensor) -> Tensor:
 def _tile_padded(x: Tensor, pad: int, ho: int, wo: int) -> tuple[Tensor, int, int]:
     """``x`` zero-padded by ``pad``, plus zeros at the bottom/right up to whole 4x4 tiles."""
     th, tw = -(-ho // 4), -(-wo // 4)
-    return F.pad(x, (pad, pad + 4 * tw - wo, pad, pad + 4 * th - ho)), th, tw
+    pads = (pad, pad + 4 * tw - wo, pad, pad + 4 * th - ho)
+    return (F.pad(x, pads) if any(pads) else x), th, tw
 
 
 def _group(n: int, channels: int, ho: int, wo: int) -> int:
