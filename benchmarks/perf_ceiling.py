@@ -24,7 +24,7 @@ training steps of spap's tasks (CycleGAN 256 and 128 px, GAN 128 px batch 16) wi
 
     python benchmarks/perf_ceiling.py                # part 1, all three configs
     python benchmarks/perf_ceiling.py --winograd     # part 2 (--quick: no GAN step)
-    python benchmarks/perf_ceiling.py --thin         # the output layer in channels_last
+    python benchmarks/perf_ceiling.py --thin         # the output layer: nn.Conv2d vs ThinConv2d
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def winograd_rows(repeats: int) -> list[list[object]]:
 
 def thin_rows(repeats: int) -> list[list[object]]:
     """The generator's output layer (7x7, ngf -> 3, reflection padding), forward + backward:
-    ``nn.Conv2d`` vs ``spap.layers.thin_conv.ThinConv2d`` (channels_last)."""
+    ``nn.Conv2d`` vs ``spap.layers.thin_conv.ThinConv2d`` (channels_last output and input
+    gradient, weight gradient by row products)."""
     import copy
 
     from torch import nn
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="profiled iterations per config")
     p.add_argument("--winograd", action="store_true", help="part 2: Winograd vs direct")
     p.add_argument("--quick", action="store_true", help="part 2 without the GAN step")
-    p.add_argument("--thin", action="store_true", help="the output layer, channels_last or not")
+    p.add_argument("--thin", action="store_true", help="the output layer: nn.Conv2d vs ThinConv2d")
     args = p.parse_args(argv)
     print(C.machine_line())
     if args.thin:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "input (N x C x H x W)",
             "NCHW ms",
             "NCHW GFLOP/s",
-            "channels_last ms",
+            "ThinConv2d ms",
             "speedup",
         ]
         print("\nGenerator output layer 7x7 C -> 3, forward + backward (medians, interleaved):")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from spap.layers.thin_conv import ThinConv2d, use_thin_conv
+from spap.layers.thin_conv import ThinConv2d, _weight_grad_rows, use_thin_conv
 
 
 def _grads(conv: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -19,14 +19,23 @@ def _grads(conv: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [out, *torch.autograd.grad(out, (x, conv.weight, conv.bias), go)]
 
 
-@pytest.mark.parametrize(("pad", "mode"), [(3, "reflect"), (3, "zeros"), (0, "zeros")])
-def test_matches_the_plain_convolution(pad: int, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("kernel", "pad", "mode", "stride"),
+    [
+        (7, 3, "reflect", 1),
+        (7, 3, "zeros", 1),
+        (7, 0, "zeros", 1),
+        ((3, 5), (1, 2), "zeros", 1),
+        (4, 1, "zeros", 2),  # channels_last forward and backward by oneDNN
+    ],
+)
+def test_matches_the_plain_convolution(kernel, pad, mode: str, stride: int) -> None:
     torch.manual_seed(0)
-    plain = nn.Conv2d(16, 3, 7, padding=pad, padding_mode=mode)
+    plain = nn.Conv2d(16, 3, kernel, stride, padding=pad, padding_mode=mode)
     thin = copy.deepcopy(plain)
     assert use_thin_conv(thin) == 1 and type(thin) is ThinConv2d
     assert list(thin.state_dict()) == list(plain.state_dict())
-    x = torch.randn(2, 16, 40, 38)
+    x = torch.randn(2, 16, 40 * stride, 38 * stride)
     ref, got = _grads(plain, x), _grads(thin, x)
     for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ref, got):
         assert a.shape == b.shape, name
@@ -34,6 +43,18 @@ def test_matches_the_plain_convolution(pad: int, mode: str) -> None:
     assert got[0].is_contiguous() and got[1].is_contiguous()
     thin(x).sum().backward()  # what optimizers see: .grad in the parameter's layout
     assert thin.weight.grad is not None and thin.weight.grad.is_contiguous()
+
+
+def test_row_weight_gradient_matches_float64() -> None:
+    torch.manual_seed(0)
+    x, go = torch.randn(3, 5, 13, 11), torch.randn(3, 2, 9, 9)
+    want = torch.ops.aten.convolution_backward(
+        go.double(), x.double(), torch.zeros(2, 5, 5, 3, dtype=torch.float64), None, [1, 1],
+        [0, 0], [1, 1], False, [0, 0], 1, [False, True, False],
+    )[1]  # fmt: skip
+    got = _weight_grad_rows(x, go, 5, 3)
+    assert got.shape == (2, 5, 5, 3)
+    assert ((got.double() - want).norm() / want.norm()).item() < 1e-6
 
 
 def test_only_convolutions_to_few_channels_are_converted() -> None:

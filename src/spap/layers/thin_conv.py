@@ -1,16 +1,24 @@
-"""Convolutions with many input and few output channels (image outputs), run channels_last
-on the CPU.
+"""Convolutions with many input and few output channels (image outputs), made faster on
+the CPU.
 
 oneDNN's default (NCHW) kernels for a convolution to 1-4 channels, such as the 7x7
 64 -> 3 output layer of the CycleGAN generator, run at 25-40 GFLOP/s on the CPU here, a
-fifth of the other layers; in channels_last the same layer, conversions included, is
-1.2-1.5x faster forward + backward (``benchmarks/perf_ceiling.py --thin``). Only plain
-``nn.Conv2d`` modules are converted: training and inference convert 3x3 stride-1 layers to
+fifth of the other layers. :class:`ThinConv2d` (an ``nn.Conv2d``: same parameters, same
+state dict) runs, for outputs of at least 32x32 (on smaller ones the conversions cost
+more):
+
+- the output and the input gradient channels_last (1.2-1.5x faster, conversions
+  included);
+- for stride 1, dilation 1, one group (the output layers), the weight gradient as one
+  matrix product per kernel row over shifted views of the input rows (``(co * kw) x
+  (rows * W)`` by ``(rows * W) x ci``), about 2x faster than oneDNN's in either layout.
+
+Measured by ``benchmarks/perf_ceiling.py --thin``. Only plain ``nn.Conv2d`` modules are
+converted: training and inference convert 3x3 stride-1 layers to
 :class:`~spap.layers.winograd.WinogradConv2d` first, which was faster still for the GAN
-generator's 3x3 64 -> 3 output layer (1.23x vs 1.1x, batch 16 at 128x128). :class:`ThinConv2d` is an ``nn.Conv2d`` (same
-parameters, same state dict) doing that for outputs of at least 32x32 (on smaller ones the
-conversion costs more); :func:`use_thin_conv` converts the eligible convolutions of a
-network in place. Not while tracing/exporting/compiling: exported graphs hold plain convs.
+generator's 3x3 64 -> 3 output layer (1.23x vs 1.1x, batch 16 at 128x128).
+:func:`use_thin_conv` converts the eligible convolutions of a network in place. Not while
+tracing/exporting/compiling: exported graphs hold plain convs.
 """
 
 from __future__ import annotations
@@ -42,17 +50,78 @@ class _ChannelsLast(torch.autograd.Function):
         return grad.contiguous()
 
 
+def _weight_grad_rows(x: Tensor, go: Tensor, kh: int, kw: int) -> Tensor:
+    """Weight gradient of a stride-1, unpadded, ungrouped convolution of ``x`` (NCHW,
+    ``n x ci x H x W``) with output gradient ``go`` (``n x co x ho x wo``), as ``n * kh``
+    matrix products: for kernel row ``ky``, the output gradient shifted by each of the
+    ``kw`` columns (``(co * kw) x (ho * W)``, zeros outside) times the input's rows
+    ``ky .. ky + ho`` (a strided view of ``ho * W`` contiguous values per channel)."""
+    x, go = x.contiguous(), go.contiguous()
+    n, ci, _, width = x.shape
+    co, ho, wo = go.shape[1:]
+    gp = F.pad(go, (kw - 1, width - wo))  # rows of width + kw - 1
+    # shifted[b, o, j, y, c] = go[b, o, y, c + j - (kw - 1)]: column j is kernel column kw-1-j
+    shifted = gp.as_strided(
+        (n, co, kw, ho, width), (gp.stride(0), gp.stride(1), 1, gp.stride(2), 1)
+    ).reshape(n, co * kw, ho * width)
+    acc = torch.zeros(kh, co * kw, ci, dtype=x.dtype)
+    for b in range(n):
+        for ky in range(kh):
+            rows = x.as_strided(
+                (ci, ho * width),
+                (x.stride(1), 1),
+                x.storage_offset() + b * x.stride(0) + ky * width,
+            )
+            acc[ky].addmm_(shifted[b], rows.t())
+    return acc.view(kh, co, kw, ci).flip(2).permute(1, 3, 0, 2).contiguous()
+
+
+class _ThinConv(torch.autograd.Function):
+    """Stride-1, dilation-1, ungrouped convolution of an already padded NCHW input: output
+    and input gradient channels_last, weight gradient by :func:`_weight_grad_rows`;
+    results and gradients in the default layout."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # type: ignore[override]
+        x, w = x.contiguous(), w.contiguous()
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        cl = torch.channels_last
+        out = F.conv2d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), b)
+        return out.contiguous()
+
+    @staticmethod
+    def backward(ctx, go: Tensor):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            cl = torch.channels_last
+            gx = F.conv_transpose2d(
+                go.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
+            ).contiguous()
+        if ctx.needs_input_grad[1]:
+            gw = _weight_grad_rows(x, go, w.shape[2], w.shape[3])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = go.sum((0, 2, 3))
+        return gx, gw, gb
+
+
 class ThinConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose CPU forward runs channels_last (see the module docstring)."""
+    """``nn.Conv2d`` with faster CPU kernels for few output channels (see the module
+    docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight  # read once: a parametrized weight steps its power iteration per read
         if x.device.type != "cpu" or x.dim() != 4 or _tracing() or self._side(x) < MIN_SIZE:
             return self._conv_forward(x, w, self.bias)
         pad = self.padding
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        simple = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+        if self.padding_mode != "zeros" or (simple and any(pad)):  # type: ignore[arg-type]
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             pad = (0, 0)
+        if simple:
+            return _ThinConv.apply(x, w, self.bias)
         x, w = _ChannelsLast.apply(x), _ChannelsLast.apply(w)
         out = F.conv2d(x, w, self.bias, self.stride, pad, self.dilation, self.groups)
         return out.contiguous()
