@@ -20,22 +20,24 @@ def _grads(conv: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("kernel", "pad", "mode", "stride"),
+    ("ci", "co", "kernel", "pad", "mode", "stride"),
     [
-        (7, 3, "reflect", 1),
-        (7, 3, "zeros", 1),
-        (7, 0, "zeros", 1),
-        ((3, 5), (1, 2), "zeros", 1),
-        (4, 1, "zeros", 2),  # channels_last forward and backward by oneDNN
+        (16, 3, 7, 3, "reflect", 1),  # to few channels: row products
+        (16, 3, 7, 3, "zeros", 1),
+        (16, 3, 7, 0, "zeros", 1),
+        (16, 2, (3, 5), (1, 2), "zeros", 1),
+        (16, 3, 4, 1, "zeros", 2),  # channels_last forward and backward by oneDNN
+        (3, 16, 7, 3, "reflect", 1),  # from few channels: input gradient by row products
+        (2, 8, (5, 3), 0, "zeros", 1),
     ],
 )
-def test_matches_the_plain_convolution(kernel, pad, mode: str, stride: int) -> None:
+def test_matches_the_plain_convolution(ci, co, kernel, pad, mode: str, stride: int) -> None:
     torch.manual_seed(0)
-    plain = nn.Conv2d(16, 3, kernel, stride, padding=pad, padding_mode=mode)
+    plain = nn.Conv2d(ci, co, kernel, stride, padding=pad, padding_mode=mode)
     thin = copy.deepcopy(plain)
     assert use_thin_conv(thin) == 1 and type(thin) is ThinConv2d
     assert list(thin.state_dict()) == list(plain.state_dict())
-    x = torch.randn(2, 16, 40 * stride, 38 * stride)
+    x = torch.randn(2, ci, 40 * stride, 38 * stride)
     ref, got = _grads(plain, x), _grads(thin, x)
     for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ref, got):
         assert a.shape == b.shape, name
@@ -57,15 +59,27 @@ def test_row_weight_gradient_matches_float64() -> None:
     assert ((got.double() - want).norm() / want.norm()).item() < 1e-6
 
 
-def test_only_convolutions_to_few_channels_are_converted() -> None:
+def test_only_convolutions_to_or_from_few_channels_are_converted() -> None:
     net = nn.Sequential(
-        nn.Conv2d(3, 64, 7, padding=3),  # to many channels
-        nn.Conv2d(64, 3, 7, padding=3),  # yes
-        nn.Conv2d(2, 2, 3, padding=1),  # no more inputs than outputs
+        nn.Conv2d(3, 64, 7, padding=3),  # yes: from few channels, stride 1
+        nn.Conv2d(64, 3, 7, padding=3),  # yes: to few channels
+        nn.Conv2d(2, 2, 3, padding=1),  # no: as many inputs as outputs
         nn.Conv2d(8, 1, 4),  # yes (PatchGAN-like head)
+        nn.Conv2d(3, 64, 4, 2, 1),  # no: from few channels with stride 2
     )
-    assert use_thin_conv(net) == 2
-    assert [type(m) is ThinConv2d for m in net] == [False, True, False, True]
+    assert use_thin_conv(net) == 3
+    assert [type(m) is ThinConv2d for m in net] == [True, True, False, True, False]
+
+
+def test_autocast_uses_the_plain_path() -> None:
+    torch.manual_seed(0)
+    plain = nn.Conv2d(16, 3, 7, padding=3)
+    thin = copy.deepcopy(plain)
+    use_thin_conv(thin)
+    x = torch.randn(1, 16, 40, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, got = plain(x), thin(x)
+    assert got.dtype == ref.dtype == torch.bfloat16 and torch.equal(got, ref)
 
 
 def test_small_outputs_and_traced_graphs_use_the_plain_path() -> None:
@@ -89,4 +103,5 @@ def test_the_training_context_converts_by_run_config() -> None:
     for on in (True, False):
         ctx = RunContext(RunConfig(thin_conv_channels_last=on), torch.device("cpu"), DistInfo())
         g = ctx.prepare(build_generator(CycleGANModelConfig(ngf=8, n_blocks=1)))
-        assert sum(type(m) is ThinConv2d for m in g.modules()) == int(on)  # the output layer
+        # the input and the output layer
+        assert sum(type(m) is ThinConv2d for m in g.modules()) == 2 * int(on)

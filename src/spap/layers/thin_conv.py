@@ -1,24 +1,26 @@
-"""Convolutions with many input and few output channels (image outputs), made faster on
-the CPU.
+"""Convolutions to or from few channels (image outputs and inputs), made faster on the CPU.
 
-oneDNN's default (NCHW) kernels for a convolution to 1-4 channels, such as the 7x7
-64 -> 3 output layer of the CycleGAN generator, run at 25-40 GFLOP/s on the CPU here, a
-fifth of the other layers. :class:`ThinConv2d` (an ``nn.Conv2d``: same parameters, same
-state dict) runs, for outputs of at least 32x32 (on smaller ones the conversions cost
-more):
+oneDNN's kernels for a convolution to 1-4 channels, such as the 7x7 64 -> 3 output layer of
+the CycleGAN generator, run at 25-40 GFLOP/s on the CPU here, a fifth of the other layers;
+so does the input gradient of the 7x7 3 -> 64 input layer, which is such a convolution too.
+:class:`ThinConv2d` (an ``nn.Conv2d``: same parameters, same state dict) computes, for
+outputs of at least 32x32 (below that the plain kernels are as fast):
 
-- the output and the input gradient channels_last (1.2-1.5x faster, conversions
-  included);
-- for stride 1, dilation 1, one group (the output layers), the weight gradient as one
-  matrix product per kernel row over shifted views of the input rows (``(co * kw) x
-  (rows * W)`` by ``(rows * W) x ci``), about 2x faster than oneDNN's in either layout.
+- to few channels (stride 1, dilation 1, one group): the output by :func:`_conv_rows`, one
+  matrix product per kernel row over strided views of the input's rows (``(kw * co) x
+  ci`` by ``ci x (rows * W)``) and ``kw`` shifted adds, 2-2.5x faster than oneDNN; the
+  weight gradient by :func:`_weight_grad_rows` (the same idea, about 2x faster); the input
+  gradient channels_last;
+- to few channels with other strides: output and gradients channels_last (1.2-1.3x);
+- from few channels (stride 1): the output and weight gradient by oneDNN (fast already),
+  the input gradient by :func:`_conv_rows`.
 
 Measured by ``benchmarks/perf_ceiling.py --thin``. Only plain ``nn.Conv2d`` modules are
 converted: training and inference convert 3x3 stride-1 layers to
 :class:`~spap.layers.winograd.WinogradConv2d` first, which was faster still for the GAN
 generator's 3x3 64 -> 3 output layer (1.23x vs 1.1x, batch 16 at 128x128).
 :func:`use_thin_conv` converts the eligible convolutions of a network in place. Not while
-tracing/exporting/compiling: exported graphs hold plain convs.
+tracing/exporting/compiling or under autocast: exported graphs hold plain convs.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spap.layers.winograd import _plain_class, _swap_class, _tracing
+from spap.layers.winograd import _autocast, _plain_class, _swap_class, _tracing
 
 __all__ = ["ThinConv2d", "use_thin_conv"]
 
-#: at most this many output channels (and more input channels than that)
+#: at most this many output channels (and more input channels than that), or input
+#: channels (and more output channels)
 MAX_OUT_CHANNELS = 4
 #: smallest output side that runs channels_last
 MIN_SIZE = 32
@@ -76,52 +79,100 @@ def _weight_grad_rows(x: Tensor, go: Tensor, kh: int, kw: int) -> Tensor:
     return acc.view(kh, co, kw, ci).flip(2).permute(1, 3, 0, 2).contiguous()
 
 
+def _conv_rows(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """Stride-1, unpadded, ungrouped convolution to few channels as matrix products: per
+    image and kernel row ``ky``, the weights ``(kw * co) x ci`` times the input's rows
+    ``ky .. ky + ho`` (a strided view of ``ho * W`` contiguous values per channel),
+    accumulated over ``ky``; then ``kw`` shifted adds of ``co`` channels."""
+    x = x.contiguous()
+    n, ci, _, width = x.shape
+    co, _, kh, kw = w.shape
+    ho, wo = x.shape[2] - kh + 1, width - kw + 1
+    wk = w.permute(2, 3, 0, 1).reshape(kh, kw * co, ci)
+    out = torch.empty(n, co, ho, wo, dtype=x.dtype)
+    z = torch.empty(kw * co, ho * width, dtype=x.dtype)
+    for i in range(n):
+        for ky in range(kh):
+            rows = x.as_strided(
+                (ci, ho * width),
+                (x.stride(1), 1),
+                x.storage_offset() + i * x.stride(0) + ky * width,
+            )
+            if ky == 0:
+                torch.mm(wk[0], rows, out=z)
+            else:
+                z.addmm_(wk[ky], rows)
+        zz = z.view(kw, co, ho, width)  # zz[kx, o, y, c] adds to out[o, y, c - kx]
+        if b is None:
+            out[i].copy_(zz[0, :, :, :wo])
+        else:
+            torch.add(zz[0, :, :, :wo], b.view(-1, 1, 1), out=out[i])
+        for kx in range(1, kw):
+            out[i] += zz[kx, :, :, kx : kx + wo]
+    return out
+
+
 class _ThinConv(torch.autograd.Function):
-    """Stride-1, dilation-1, ungrouped convolution of an already padded NCHW input: output
-    and input gradient channels_last, weight gradient by :func:`_weight_grad_rows`;
-    results and gradients in the default layout."""
+    """Stride-1, dilation-1, ungrouped convolution of an already padded NCHW input, to few
+    channels (``thin_out``) or from few channels; results and gradients in the default
+    layout. To few channels: output by :func:`_conv_rows`, input gradient channels_last,
+    weight gradient by :func:`_weight_grad_rows`. From few channels: output and weight
+    gradient by oneDNN, input gradient (a convolution to few channels) by
+    :func:`_conv_rows`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, thin_out: bool) -> Tensor:  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
         ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
-        cl = torch.channels_last
-        out = F.conv2d(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl), b)
-        return out.contiguous()
+        ctx.has_bias, ctx.thin_out = b is not None, thin_out
+        return _conv_rows(x, w, b) if thin_out else F.conv2d(x, w, b)
 
     @staticmethod
     def backward(ctx, go: Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
+        go = go.contiguous()
+        kh, kw = w.shape[2:]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            cl = torch.channels_last
-            gx = F.conv_transpose2d(
-                go.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
-            ).contiguous()
+            if ctx.thin_out:
+                cl = torch.channels_last
+                gx = F.conv_transpose2d(
+                    go.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
+                ).contiguous()
+            else:  # full correlation with the flipped, transposed kernel
+                gp = F.pad(go, (kw - 1, kw - 1, kh - 1, kh - 1))
+                gx = _conv_rows(gp, w.flip(2, 3).transpose(0, 1))
         if ctx.needs_input_grad[1]:
-            gw = _weight_grad_rows(x, go, w.shape[2], w.shape[3])
+            if ctx.thin_out:
+                gw = _weight_grad_rows(x, go, kh, kw)
+            else:
+                gw = torch.ops.aten.convolution_backward(
+                    go, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                    [False, True, False],
+                )[1]  # fmt: skip
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = go.sum((0, 2, 3))
-        return gx, gw, gb
+        return gx, gw, gb, None
 
 
 class ThinConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with faster CPU kernels for few output channels (see the module
-    docstring)."""
+    """``nn.Conv2d`` with faster CPU kernels for few output or input channels (see the
+    module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight  # read once: a parametrized weight steps its power iteration per read
         if x.device.type != "cpu" or x.dim() != 4 or _tracing() or self._side(x) < MIN_SIZE:
             return self._conv_forward(x, w, self.bias)
         pad = self.padding
-        simple = self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+        simple = _simple(self) and not _autocast() and x.dtype == w.dtype
+        if not simple and self.out_channels > MAX_OUT_CHANNELS:  # from few channels
+            return self._conv_forward(x, w, self.bias)
         if self.padding_mode != "zeros" or (simple and any(pad)):  # type: ignore[arg-type]
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             pad = (0, 0)
         if simple:
-            return _ThinConv.apply(x, w, self.bias)
+            return _ThinConv.apply(x, w, self.bias, self.out_channels <= MAX_OUT_CHANNELS)
         x, w = _ChannelsLast.apply(x), _ChannelsLast.apply(w)
         out = F.conv2d(x, w, self.bias, self.stride, pad, self.dilation, self.groups)
         return out.contiguous()
@@ -141,18 +192,23 @@ class ThinConv2d(nn.Conv2d):
         )  # type: ignore[index,operator]
 
 
+def _simple(conv: nn.Conv2d) -> bool:
+    return conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+
+
 def _eligible(conv: nn.Conv2d) -> bool:
-    return (
-        conv.out_channels <= MAX_OUT_CHANNELS < conv.in_channels
-        and conv.groups == 1
-        and not isinstance(conv.padding, str)
-    )
+    if isinstance(conv.padding, str) or conv.groups != 1:
+        return False
+    if conv.out_channels <= MAX_OUT_CHANNELS < conv.in_channels:
+        return True
+    return conv.in_channels <= MAX_OUT_CHANNELS < conv.out_channels and _simple(conv)
 
 
 def use_thin_conv(module: nn.Module) -> int:
     """Turn every plain ``nn.Conv2d`` below ``module`` with at most
-    :data:`MAX_OUT_CHANNELS` outputs (from more inputs) into :class:`ThinConv2d`, in place.
-    Returns how many."""
+    :data:`MAX_OUT_CHANNELS` outputs (from more inputs), or with stride 1 from at most
+    that many inputs (to more outputs), into :class:`ThinConv2d`, in place. Returns how
+    many."""
     n = 0
     for sub in module.modules():
         if _plain_class(sub) is nn.Conv2d and _eligible(sub):  # type: ignore[arg-type]
