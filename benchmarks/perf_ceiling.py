@@ -24,7 +24,7 @@ training steps of spap's tasks (CycleGAN 256 and 128 px, GAN 128 px batch 16) wi
 
     python benchmarks/perf_ceiling.py                # part 1, all three configs
     python benchmarks/perf_ceiling.py --winograd     # part 2 (--quick: no GAN step)
-    python benchmarks/perf_ceiling.py --thin         # the output layer: nn.Conv2d vs ThinConv2d
+    python benchmarks/perf_ceiling.py --thin         # 7x7 output/input layers: nn.Conv2d vs ThinConv2d
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def winograd_rows(repeats: int) -> list[list[object]]:
 
 
 def thin_rows(repeats: int) -> list[list[object]]:
-    """The generator's output layer (7x7, ngf -> 3, reflection padding), forward + backward:
-    ``nn.Conv2d`` vs ``spap.layers.thin_conv.ThinConv2d`` (channels_last output and input
-    gradient, weight gradient by row products)."""
+    """The generator's 7x7 output layer (ngf -> 3) and input layer (3 -> ngf), reflection
+    padding, forward + backward (input gradient included: the generators also take fake
+    images): ``nn.Conv2d`` vs ``spap.layers.thin_conv.ThinConv2d``."""
     import copy
 
     from torch import nn
@@ -140,23 +140,24 @@ def thin_rows(repeats: int) -> list[list[object]]:
 
     rows = []
     for size, _, width, _ in CONFIGS.values():
-        for batch in (1, 3):
-            torch.manual_seed(0)
-            plain = nn.Conv2d(width, 3, 7, padding=3, padding_mode="reflect")
-            thin = copy.deepcopy(plain)
-            use_thin_conv(thin)
-            x = torch.randn(batch, width, size, size, requires_grad=True)
+        for ci, co in ((width, 3), (3, width)):
+            for batch in (1, 3):
+                torch.manual_seed(0)
+                plain = nn.Conv2d(ci, co, 7, padding=3, padding_mode="reflect")
+                thin = copy.deepcopy(plain)
+                use_thin_conv(thin)
+                x = torch.randn(batch, ci, size, size, requires_grad=True)
 
-            def run(m, x=x):
-                return lambda: m(x).sum().backward()
+                def run(m, x=x):
+                    return lambda: m(x).sum().backward()
 
-            times = C.interleaved({"plain": run(plain), "thin": run(thin)}, repeats, 2, False)
-            tp, tt = C.median(times["plain"]), C.median(times["thin"])
-            flops = 3 * 2 * batch * width * 3 * 49 * size * size
-            rows.append(
-                [f"{batch}x{width}x{size}x{size}", tp * 1e3, flops / tp / 1e9, tt * 1e3,
-                 f"{tp / tt:.2f}x"]
-            )  # fmt: skip
+                times = C.interleaved({"plain": run(plain), "thin": run(thin)}, repeats, 2, False)
+                tp, tt = C.median(times["plain"]), C.median(times["thin"])
+                flops = 3 * 2 * batch * ci * co * 49 * size * size
+                rows.append(
+                    [f"{ci} -> {co}", f"{batch}x{ci}x{size}x{size}", tp * 1e3, flops / tp / 1e9,
+                     tt * 1e3, f"{tp / tt:.2f}x"]
+                )  # fmt: skip
     return rows
 
 
@@ -197,18 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="profiled iterations per config")
     p.add_argument("--winograd", action="store_true", help="part 2: Winograd vs direct")
     p.add_argument("--quick", action="store_true", help="part 2 without the GAN step")
-    p.add_argument("--thin", action="store_true", help="the output layer: nn.Conv2d vs ThinConv2d")
+    p.add_argument(
+        "--thin", action="store_true", help="7x7 output/input layers: nn.Conv2d vs ThinConv2d"
+    )
     args = p.parse_args(argv)
     print(C.machine_line())
     if args.thin:
         headers = [
+            "layer",
             "input (N x C x H x W)",
             "NCHW ms",
             "NCHW GFLOP/s",
             "ThinConv2d ms",
             "speedup",
         ]
-        print("\nGenerator output layer 7x7 C -> 3, forward + backward (medians, interleaved):")
+        print("\nGenerator 7x7 output and input layers, forward + backward (medians, interleaved):")
         print(C.table(headers, thin_rows(max(args.repeats, 7))))
     elif args.winograd:
         rows = winograd_rows(max(args.repeats, 7))
