@@ -96,9 +96,18 @@ def _grads(conv: nn.Module, x: torch.Tensor, go: torch.Tensor) -> list[torch.Ten
     ("conv", "weight_grad"), [pytest.param("nnpack", "direct", marks=NNPACK), ("f43", "f43")]
 )
 @pytest.mark.parametrize(("pad", "mode"), [(0, "zeros"), (1, "zeros"), (1, "reflect")])
+@pytest.mark.parametrize("group_bytes", [8 << 20, 1], ids=["one-pass", "image-by-image"])
 def test_output_and_gradients_match_the_direct_convolution(
-    pad: int, mode: str, conv: str, weight_grad: str, monkeypatch: pytest.MonkeyPatch
+    pad: int,
+    mode: str,
+    conv: str,
+    weight_grad: str,
+    group_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Through autograd: the input gradient reuses the forward's transformed weights and
+    the weight gradient its transformed input tiles (kept per pass of images)."""
+    monkeypatch.setattr(winograd, "_GROUP_BYTES", group_bytes)
     monkeypatch.setattr(winograd, "_conv_kernel", lambda ci, co, side: conv)
     monkeypatch.setattr(winograd, "_weight_grad_kernel", lambda ci, co, side: weight_grad)
     plain, wino = _pair(pad, mode=mode)

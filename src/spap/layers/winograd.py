@@ -13,7 +13,11 @@ are direct (oneDNN). Two Winograd kernels are used here:
   one-channel convolution, 36 batched matrix products over the channels): the weight
   gradient (which NNPACK's binding lacks) of layers with at least 128 channels from 64x64
   on, and the output, input gradient and weight gradient of layers with at least 256
-  channels at 32-63 pixels.
+  channels at 32-63 pixels. When the forward runs F(4x4, 3x3) in training, the backward
+  reuses its work: the input gradient (a correlation with the flipped kernels) takes the
+  forward's transformed weights, with the tile transforms reversed per tile, and the
+  weight gradient takes the forward's transformed input tiles, kept instead of the input
+  (2.25x its size; the transformed weights are 4x the weights' size).
 
 :class:`WinogradConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) whose
 forward picks per call the fastest of these and the direct kernel (see

@@ -72,8 +72,9 @@ class RunConfig:
     )
     thin_conv_channels_last: bool = option(
         True,
-        "CPU: convolutions to at most 4 channels from more (image outputs) run in "
-        "channels_last, where oneDNN is faster for them",
+        "CPU: convolutions to at most 4 channels from more (image outputs), and stride-1 "
+        "ones from at most 4 (image inputs), use faster kernels (row matrix products, "
+        "channels_last; spap.layers.thin_conv)",
     )
     cudnn_benchmark: bool = option(
         True,
