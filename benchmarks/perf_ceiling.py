@@ -10,7 +10,16 @@ arithmetic, its time cannot drop below the convolution time, so
     bound on the speedup = iteration time / convolution time
 
 (reached only if everything else cost nothing). The 2048^3 matmul of the same run is shown
-beside the convolutions' GFLOP/s.
+beside the convolutions' GFLOP/s. A second table profiles spap's own iteration (the code
+``spap train cyclegan`` runs) with direct kernels only (``run.winograd_min_size=null``,
+``run.thin_conv_channels_last=false``), so that its convolution arithmetic is the
+reference's, and bounds goal 1's FLOP/s ratio: if every convolution ran at the matmul rate
+and everything else stayed, the iteration would take ``conv GFLOP / matmul rate + other``,
+and
+
+    bound on the FLOP/s ratio = conv GFLOP / that time / matmul rate
+
+Above the bound only fewer multiplications (Winograd) get.
 
 Part 2 (``--winograd``) is the one means that changes the arithmetic: Winograd 3x3
 convolutions, which need fewer multiplications. It times, per convolution shape (the
@@ -192,6 +201,43 @@ def step_rows(repeats: int, quick: bool) -> list[list[object]]:
     return rows
 
 
+def spap_bound(name: str, repeats: int) -> list[object]:
+    """spap's iteration with direct kernels: time outside convolution kernels and the bound
+    it sets on goal 1's FLOP/s ratio (see the module docstring)."""
+    import perf_cyclegan
+    import perf_gan
+
+    size, n_blocks, width, config = CONFIGS[name]
+    torch.manual_seed(0)
+    model = {"ngf": width, "ndf": width, "n_blocks": n_blocks, "attention": "none"}
+    run = {"winograd_min_size": None, "thin_conv_channels_last": False}
+    task = perf_cyclegan.make_task(config, {"model": model, "run": run}, size)
+    step = perf_gan.Stepper(task, make_batches(size, 2))
+    step(), step()  # warm-up
+    conv_s, total_s = [], []
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = prof.key_averages()
+        conv_s.append(sum(e.self_cpu_time_total for e in events if e.key.startswith(CONV_OPS)))
+        total_s.append(sum(e.self_cpu_time_total for e in events))
+    ref = RefCycleGAN(ngf=width, ndf=width, n_blocks=n_blocks)
+    flops = C.count_flops(lambda: ref.train_step(make_batches(size, 1)[0]))
+    t_conv, t_total = C.median(conv_s) / 1e6, C.median(total_s) / 1e6
+    mm = C.matmul_flops_per_s()
+    best = flops / mm + (t_total - t_conv)
+    return [
+        f"{size}px/{n_blocks}blk/{width}",
+        t_total,
+        t_conv,
+        t_total - t_conv,
+        flops / t_conv / 1e9,
+        mm / 1e9,
+        best,
+        f"{flops / best / mm:.2f}",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", default="256,128,64", help="comma-separated subset")
@@ -250,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             "bound on speedup",
         ]
         print("\nReference iteration: convolution time and the bound it sets (medians):")
+        print(C.table(headers, rows))
+        rows = [spap_bound(name, args.repeats) for name in args.configs.split(",")]
+        headers = [
+            "config",
+            "spap s/iter, direct kernels (profiled)",
+            "convolution s",
+            "other s",
+            "conv GFLOP/s",
+            "matmul GFLOP/s",
+            "s/iter if convs ran at the matmul rate",
+            "bound on FLOP/s ratio (goal >= 0.85)",
+        ]
+        print("\nspap's iteration with direct kernels: the bound on goal 1's FLOP/s ratio:")
         print(C.table(headers, rows))
     print(C.machine_line())
     return 0
