@@ -16,7 +16,8 @@ For each configuration (256x256 / 9 blocks / ngf=ndf=64, 128x128 / 6 blocks / 64
 
 ``--levers`` instead measures each optimisation applied alone to the reference iteration
 (channels_last, torch.compile, batched forwards, reflect padding inside the conv, Winograd
-3x3 convolutions, foreach/fused Adam), interleaved with the unmodified reference.
+3x3 convolutions, image layers as row products, foreach/fused Adam), interleaved with the
+unmodified reference.
 
     python benchmarks/perf_cyclegan.py                 # all three configs
     python benchmarks/perf_cyclegan.py --quick         # 64 and 128 only, fewer repeats
@@ -130,6 +131,7 @@ class LeverCycleGAN(RefCycleGAN):
         channels_last: bool = False,
         compile: bool = False,
         winograd: bool = False,
+        thin_conv: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,6 +140,11 @@ class LeverCycleGAN(RefCycleGAN):
 
             for net in self.networks().values():
                 use_winograd(net)
+        if thin_conv:
+            from spap.layers.thin_conv import use_thin_conv
+
+            for net in self.networks().values():
+                use_thin_conv(net)
         self.batch_g, self.batch_d, self.cl = batch_g, batch_d, channels_last
         if reflect_in_conv:
             for net in self.networks().values():
@@ -254,6 +261,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "batched D real+fake": {"batch_d": True},
     "reflect pad inside conv": {"reflect_in_conv": True},
     "Winograd 3x3 convs (spap.layers.winograd)": {"winograd": True},
+    "image layers as row products (spap.layers.thin_conv)": {"thin_conv": True},
     "foreach Adam": {"adam": "foreach"},
     "fused Adam": {"adam": "fused"},
 }
