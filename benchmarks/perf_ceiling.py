@@ -39,6 +39,9 @@ training steps of spap's tasks (CycleGAN 256 and 128 px, GAN 128 px batch 16) wi
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,24 +54,35 @@ from reference_cyclegan import RefCycleGAN
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d")
 
 
+def profiled(step: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Medians over ``repeats`` profiled calls of ``step`` (after two warm-up calls: oneDNN
+    primitive caches, allocator): seconds in convolution kernels, seconds in all."""
+    step(), step()
+    conv_s, total_s = [], []
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = prof.key_averages()
+        conv_s.append(sum(e.self_cpu_time_total for e in events if e.key.startswith(CONV_OPS)))
+        total_s.append(sum(e.self_cpu_time_total for e in events))
+    return C.median(conv_s) / 1e6, C.median(total_s) / 1e6
+
+
+@functools.cache
+def reference_flops(name: str) -> float:
+    """Convolution + matmul FLOPs of one reference iteration of config ``name``."""
+    size, n_blocks, width, _ = CONFIGS[name]
+    ref = RefCycleGAN(ngf=width, ndf=width, n_blocks=n_blocks)
+    return C.count_flops(lambda: ref.train_step(make_batches(size, 1)[0]))
+
+
 def ceiling(name: str, repeats: int) -> list[object]:
     size, n_blocks, width, _ = CONFIGS[name]
     torch.manual_seed(0)
     ref = RefCycleGAN(ngf=width, ndf=width, n_blocks=n_blocks)
-    batches = make_batches(size, 2)
-    for b in batches:  # warm-up (oneDNN primitive caches, allocator)
-        ref.train_step(b)
-    conv_s, total_s = [], []
-    for i in range(repeats):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            ref.train_step(batches[i % 2])
-        events = prof.key_averages()
-        conv = sum(e.self_cpu_time_total for e in events if e.key.startswith(CONV_OPS))
-        total = sum(e.self_cpu_time_total for e in events)
-        conv_s.append(conv / 1e6)
-        total_s.append(total / 1e6)
-    flops = C.count_flops(lambda: ref.train_step(batches[0]))
-    t_conv, t_total = C.median(conv_s), C.median(total_s)
+    batches = itertools.cycle(make_batches(size, 2))
+    t_conv, t_total = profiled(lambda: ref.train_step(next(batches)), repeats)
+    flops = reference_flops(name)
     mm = C.matmul_flops_per_s()
     return [
         f"{size}px/{n_blocks}blk/{width}",
@@ -212,18 +226,8 @@ def spap_bound(name: str, repeats: int) -> list[object]:
     model = {"ngf": width, "ndf": width, "n_blocks": n_blocks, "attention": "none"}
     run = {"winograd_min_size": None, "thin_conv_channels_last": False}
     task = perf_cyclegan.make_task(config, {"model": model, "run": run}, size)
-    step = perf_gan.Stepper(task, make_batches(size, 2))
-    step(), step()  # warm-up
-    conv_s, total_s = [], []
-    for _ in range(repeats):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step()
-        events = prof.key_averages()
-        conv_s.append(sum(e.self_cpu_time_total for e in events if e.key.startswith(CONV_OPS)))
-        total_s.append(sum(e.self_cpu_time_total for e in events))
-    ref = RefCycleGAN(ngf=width, ndf=width, n_blocks=n_blocks)
-    flops = C.count_flops(lambda: ref.train_step(make_batches(size, 1)[0]))
-    t_conv, t_total = C.median(conv_s) / 1e6, C.median(total_s) / 1e6
+    t_conv, t_total = profiled(perf_gan.Stepper(task, make_batches(size, 2)), repeats)
+    flops = reference_flops(name)
     mm = C.matmul_flops_per_s()
     best = flops / mm + (t_total - t_conv)
     return [

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from spap.errors import CheckpointError, SpapError
-from spap.layers.thin_conv import use_thin_conv
-from spap.layers.winograd import use_winograd
+from spap.layers.cpu_kernels import use_cpu_kernels
 from spap.models.sngan import SNGANGenerator, build_generator, latents
 
 __all__ = [
@@ -153,9 +152,8 @@ class Sampler:
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
         self.device = next(generator.parameters()).device
-        if self.device.type == "cpu":  # faster 3x3 convs, see spap.layers.winograd
-            use_winograd(self.generator)
-            use_thin_conv(self.generator)
+        if self.device.type == "cpu":
+            use_cpu_kernels(self.generator)
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
         self.step = step

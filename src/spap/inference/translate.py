@@ -31,8 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, DataError, SpapError
-from spap.layers.thin_conv import use_thin_conv
-from spap.layers.winograd import use_winograd
+from spap.layers.cpu_kernels import use_cpu_kernels
 
 __all__ = [
     "FolderResult",
@@ -255,9 +254,8 @@ class Translator:
         self.generators = {d: g.to(self.device).eval() for d, g in generators.items()}
         for g in self.generators.values():
             g.requires_grad_(False)
-            if self.device.type == "cpu":  # faster 3x3 convolutions on large feature maps
-                use_winograd(g)
-                use_thin_conv(g)
+            if self.device.type == "cpu":
+                use_cpu_kernels(g)
         self.config = dict(config or {})
 
     # -- construction

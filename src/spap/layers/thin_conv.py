@@ -53,6 +53,14 @@ class _ChannelsLast(torch.autograd.Function):
         return grad.contiguous()
 
 
+def _rows(x: Tensor, image: int, ky: int, rows: int) -> Tensor:
+    """Rows ``ky .. ky + rows`` of every channel of image ``image`` of the contiguous NCHW
+    ``x``, as a ``C x (rows * W)`` matrix view (each channel's rows are contiguous)."""
+    width = x.shape[3]
+    offset = x.storage_offset() + image * x.stride(0) + ky * width
+    return x.as_strided((x.shape[1], rows * width), (x.stride(1), 1), offset)
+
+
 def _weight_grad_rows(x: Tensor, go: Tensor, kh: int, kw: int) -> Tensor:
     """Weight gradient of a stride-1, unpadded, ungrouped convolution of ``x`` (NCHW,
     ``n x ci x H x W``) with output gradient ``go`` (``n x co x ho x wo``), as ``n * kh``
@@ -70,12 +78,7 @@ def _weight_grad_rows(x: Tensor, go: Tensor, kh: int, kw: int) -> Tensor:
     acc = torch.zeros(kh, co * kw, ci, dtype=x.dtype)
     for b in range(n):
         for ky in range(kh):
-            rows = x.as_strided(
-                (ci, ho * width),
-                (x.stride(1), 1),
-                x.storage_offset() + b * x.stride(0) + ky * width,
-            )
-            acc[ky].addmm_(shifted[b], rows.t())
+            acc[ky].addmm_(shifted[b], _rows(x, b, ky, ho).t())
     return acc.view(kh, co, kw, ci).flip(2).permute(1, 3, 0, 2).contiguous()
 
 
@@ -85,23 +88,16 @@ def _conv_rows(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     ``ky .. ky + ho`` (a strided view of ``ho * W`` contiguous values per channel),
     accumulated over ``ky``; then ``kw`` shifted adds of ``co`` channels."""
     x = x.contiguous()
-    n, ci, _, width = x.shape
-    co, _, kh, kw = w.shape
+    n, _, _, width = x.shape
+    co, ci, kh, kw = w.shape
     ho, wo = x.shape[2] - kh + 1, width - kw + 1
     wk = w.permute(2, 3, 0, 1).reshape(kh, kw * co, ci)
     out = torch.empty(n, co, ho, wo, dtype=x.dtype)
     z = torch.empty(kw * co, ho * width, dtype=x.dtype)
     for i in range(n):
-        for ky in range(kh):
-            rows = x.as_strided(
-                (ci, ho * width),
-                (x.stride(1), 1),
-                x.storage_offset() + i * x.stride(0) + ky * width,
-            )
-            if ky == 0:
-                torch.mm(wk[0], rows, out=z)
-            else:
-                z.addmm_(wk[ky], rows)
+        torch.mm(wk[0], _rows(x, i, 0, ho), out=z)
+        for ky in range(1, kh):
+            z.addmm_(wk[ky], _rows(x, i, ky, ho))
         zz = z.view(kw, co, ho, width)  # zz[kx, o, y, c] adds to out[o, y, c - kx]
         if b is None:
             out[i].copy_(zz[0, :, :, :wo])

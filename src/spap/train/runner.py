@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from spap.errors import CheckpointError, ConfigError, DataError, SpapError
-from spap.layers.thin_conv import use_thin_conv
-from spap.layers.winograd import use_winograd
+from spap.layers.cpu_kernels import use_cpu_kernels
 from spap.train import distributed as D
 from spap.train.checkpoint import (
     FORMAT,
@@ -126,10 +125,8 @@ class RunContext:
             # SyncBatchNorm only runs on CUDA; on CPU ranks keep per-rank batch statistics.
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         module = module.to(self.device)
-        if self.run.winograd_min_size is not None and self.device.type == "cpu":
-            use_winograd(module, self.run.winograd_min_size)
-        if self.run.thin_conv_channels_last and self.device.type == "cpu":
-            use_thin_conv(module)
+        if self.device.type == "cpu":
+            use_cpu_kernels(module, self.run.winograd_min_size, self.run.thin_conv_channels_last)
         if self.run.channels_last:
             module = module.to(memory_format=torch.channels_last)
         D.broadcast_module_(module)
