@@ -125,11 +125,8 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """Conv + matmul FLOPs (multiply-add = 2) that ``fn`` runs, backward passes included
-    (Winograd convolutions are run as direct ones here, so that the counter sees them)."""
-    from spap.layers.winograd import direct_convolutions
-
-    with direct_convolutions(), FlopCounterMode(display=False) as counter:
+    """Conv + matmul FLOPs (multiply-add = 2) that ``fn`` runs, backward passes included."""
+    with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
 

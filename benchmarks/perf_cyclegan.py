@@ -130,21 +130,9 @@ class LeverCycleGAN(RefCycleGAN):
         adam: str = "default",
         channels_last: bool = False,
         compile: bool = False,
-        winograd: bool = False,
-        thin_conv: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if winograd:
-            from spap.layers.winograd import use_winograd
-
-            for net in self.networks().values():
-                use_winograd(net)
-        if thin_conv:
-            from spap.layers.thin_conv import use_thin_conv
-
-            for net in self.networks().values():
-                use_thin_conv(net)
         self.batch_g, self.batch_d, self.cl = batch_g, batch_d, channels_last
         if reflect_in_conv:
             for net in self.networks().values():
@@ -260,8 +248,6 @@ LEVERS: dict[str, dict[str, Any]] = {
     "batched G forwards 2+3": {"batch_g": "2+3"},
     "batched D real+fake": {"batch_d": True},
     "reflect pad inside conv": {"reflect_in_conv": True},
-    "Winograd 3x3 convs (spap.layers.winograd)": {"winograd": True},
-    "image layers as row products (spap.layers.thin_conv)": {"thin_conv": True},
     "foreach Adam": {"adam": "foreach"},
     "fused Adam": {"adam": "fused"},
 }

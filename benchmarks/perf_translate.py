@@ -6,12 +6,10 @@ ahead of the generator, PNG writing in background threads) and compared with the
 generator's forward pass alone over the same images already in memory, in batches of the
 same size. Both are timed interleaved; the ratio of images/s is the goal (>= 0.95: image
 I/O hidden behind compute). Also shown: ``translate_folder`` with decoding in loader worker
-processes (``--workers``, 2), the forward under ``torch.inference_mode``, and the forward
-with direct convolutions only (what the Winograd kernels gain).
+processes (``--workers``, 2) and the forward under ``torch.inference_mode``.
 
 Generator: the plain CycleGAN ResNet generator of ``cyclegan/facades`` (9 blocks, ngf 64),
-randomly initialised (throughput does not depend on the weights), held by a ``Translator``
-(so with its CPU defaults, Winograd kernels included, in both variants).
+randomly initialised (throughput does not depend on the weights), held by a ``Translator``.
 
     python benchmarks/perf_translate.py            # 16 images, batch 4, 3 repeats
     python benchmarks/perf_translate.py --quick    # 8 images, 2 repeats
@@ -20,7 +18,6 @@ randomly initialised (throughput does not depend on the weights), held by a ``Tr
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from spap.data.io import list_images, read_image
     from spap.data.transforms import to_tensor_image
     from spap.inference.translate import Translator
-    from spap.layers.winograd import use_direct
     from spap.models.cyclegan import build_generator
     from spap.train.config import from_dict, merge, parse_overrides, read_yaml
     from spap.train.cyclegan import CycleGANConfig
@@ -72,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     translator = Translator({"AtoB": build_generator(cfg.model)}, cfg_dict, device="cpu")
     g = translator.generator("AtoB")
-    direct = copy.deepcopy(g)
-    use_direct(direct)  # the same generator with direct (oneDNN) convolutions only
 
     tmp = Path(tempfile.mkdtemp(prefix="spap_perf_translate_"))
     try:
@@ -86,11 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 for i in range(0, n, bs):
                     g(images[i : i + bs])
-
-        def forward_direct() -> None:
-            with torch.no_grad():
-                for i in range(0, n, bs):
-                    direct(images[i : i + bs])
 
         def forward_inference_mode() -> None:
             with torch.inference_mode():
@@ -113,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             "translate_folder (default: decoding thread)": folder(None),
             f"translate_folder ({args.workers} worker processes)": folder(args.workers),
             "generator forward, inference_mode": forward_inference_mode,
-            "generator forward, direct convolutions (no Winograd)": forward_direct,
         }
         times = C.interleaved(variants, repeats, warmup=1)
     finally:

@@ -48,9 +48,8 @@ def test_reference_matches_spap_task(batched: bool) -> None:
     ref = RefCycleGAN(ngf=WIDTH, ndf=WIDTH, n_blocks=BLOCKS)
     model = {"ngf": WIDTH, "ndf": WIDTH, "n_blocks": BLOCKS, "attention": "none"}
     train = {"batched_forwards": "always" if batched else "never"}
-    # the reference's own Adam and layouts (fused Adam and channels_last round differently;
-    # compared in test_runner.py and tests/layers/test_thin_conv.py)
-    run = {"fused_optimizer": batched, "thin_conv_channels_last": batched}
+    # the reference's own Adam (fused Adam rounds differently; compared in test_runner.py)
+    run = {"fused_optimizer": batched}
     task = P.make_task("cyclegan/cityscapes", {"model": model, "train": train, "run": run}, SIZE)
     P.copy_reference_weights(ref, task)
     batches = P.make_batches(SIZE, 3)

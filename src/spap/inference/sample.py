@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from spap.errors import CheckpointError, SpapError
-from spap.layers.cpu_kernels import use_cpu_kernels
 from spap.models.sngan import SNGANGenerator, build_generator, latents
 
 __all__ = [
@@ -152,8 +151,6 @@ class Sampler:
     ) -> None:
         self.generator = generator.eval().requires_grad_(False)
         self.device = next(generator.parameters()).device
-        if self.device.type == "cpu":
-            use_cpu_kernels(self.generator)
         #: The run's resolved config (plain dict), as stored in the checkpoint.
         self.config = dict(config or {})
         self.step = step

@@ -31,7 +31,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, DataError, SpapError
-from spap.layers.cpu_kernels import use_cpu_kernels
 
 __all__ = [
     "FolderResult",
@@ -237,11 +236,6 @@ class Translator:
         generators: ``{"AtoB": G_A, "BtoA": G_B}`` (either may be missing).
         config: the run's configuration dict (as stored in the checkpoint).
         device: where to run.
-
-    On the CPU, 3x3 convolutions with outputs of 32x32 and more run Winograd kernels
-    (:mod:`spap.layers.winograd`; outputs differ from direct convolutions by float
-    rounding only); ``spap.layers.winograd.use_direct(translator.generator(d))`` turns
-    them off.
     """
 
     def __init__(
@@ -254,8 +248,6 @@ class Translator:
         self.generators = {d: g.to(self.device).eval() for d, g in generators.items()}
         for g in self.generators.values():
             g.requires_grad_(False)
-            if self.device.type == "cpu":
-                use_cpu_kernels(g)
         self.config = dict(config or {})
 
     # -- construction

@@ -63,19 +63,6 @@ class RunConfig:
     )
     channels_last: bool = option(False, "use channels_last memory format for the networks")
     compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
-    winograd_min_size: int | None = option(
-        32,
-        "CPU fp32 3x3 stride-1 convolutions with outputs at least this many pixels a side use "
-        "Winograd kernels where they are the faster ones for the layer's shape; null: "
-        "direct convolutions only",
-        min=1,
-    )
-    thin_conv_channels_last: bool = option(
-        True,
-        "CPU: convolutions to at most 4 channels from more (image outputs), and stride-1 "
-        "ones from at most 4 (image inputs), use faster kernels (row matrix products, "
-        "channels_last; spap.layers.thin_conv)",
-    )
     cudnn_benchmark: bool = option(
         True,
         "CUDA: let cuDNN time and pick the fastest convolution algorithm per input shape "

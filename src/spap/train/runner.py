@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from spap.errors import CheckpointError, ConfigError, DataError, SpapError
-from spap.layers.cpu_kernels import use_cpu_kernels
 from spap.train import distributed as D
 from spap.train.checkpoint import (
     FORMAT,
@@ -119,14 +118,12 @@ class RunContext:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def prepare(self, module: nn.Module) -> nn.Module:
-        """Move a network to the device (channels_last, SyncBatchNorm, Winograd convolutions,
-        compile by config) and give every rank rank 0's weights. Use the returned module."""
+        """Move a network to the device (channels_last, SyncBatchNorm, compile by
+        config) and give every rank rank 0's weights. Use the returned module."""
         if D.active() and self.run.sync_batchnorm and self.device.type == "cuda":
             # SyncBatchNorm only runs on CUDA; on CPU ranks keep per-rank batch statistics.
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         module = module.to(self.device)
-        if self.device.type == "cpu":
-            use_cpu_kernels(module, self.run.winograd_min_size, self.run.thin_conv_channels_last)
         if self.run.channels_last:
             module = module.to(memory_format=torch.channels_last)
         D.broadcast_module_(module)
