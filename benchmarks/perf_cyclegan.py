@@ -67,7 +67,7 @@ def make_batches(size: int, n: int, seed: int = 0) -> list[dict[str, torch.Tenso
 def make_task(config: str, overrides: dict[str, Any], size: int, info: Any = None) -> Any:
     """spap's ``CycleGANTask`` for a shipped config (CPU; one process unless ``info``, a
     ``spap.train.distributed.DistInfo`` of an initialised process group, is given)."""
-    from spap.train.config import from_dict, merge, read_yaml
+    from spap.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANTask
     from spap.train.distributed import DistInfo
     from spap.train.runner import RunContext
@@ -333,7 +333,7 @@ def run_goal(name: str, repeats: int, overrides: dict[str, Any]) -> dict[str, An
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    from spap.train.config import parse_overrides as parse
+    from spap.config import parse_overrides as parse
 
     return parse(pairs)
 

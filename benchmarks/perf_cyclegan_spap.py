@@ -57,7 +57,7 @@ BREAKDOWN: dict[str, dict[str, Any]] = {
 def _resolve_inner(overrides: dict[str, Any], config: str) -> dict[str, Any]:
     """``inner_channels: "C/k"`` -> an int for the unit's width (4 ngf at the end of G's
     trunk, 4 ndf after D's layer 2: the places the ``_spap`` configs use)."""
-    from spap.train.config import read_yaml
+    from spap.config import read_yaml
 
     model_cfg = read_yaml(config).get("model", {})
     width = {
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every variant")
     args = p.parse_args(argv)
     C.apply_clock_option(args)
-    from spap.train.config import parse_overrides
+    from spap.config import parse_overrides
 
     extra = parse_overrides(args.overrides)
     sizes = [int(s) for s in (args.sizes or ("128" if args.quick else "128,256")).split(",")]

@@ -31,7 +31,7 @@ CONFIGS = {
 
 def make_task(config: str, overrides: dict[str, Any]) -> Any:
     """spap's ``GANTask`` for a shipped config (CPU, one process)."""
-    from spap.train.config import from_dict, merge, read_yaml
+    from spap.config import from_dict, merge, read_yaml
     from spap.train.distributed import DistInfo
     from spap.train.gan import GANTask
     from spap.train.runner import RunContext
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = p.parse_args(argv)
     C.apply_clock_option(args)
-    from spap.train.config import parse_overrides
+    from spap.config import parse_overrides
 
     overrides: dict[str, Any] = {"train": {"batch_size": args.batch_size}}
     if args.quick:

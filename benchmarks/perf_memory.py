@@ -100,8 +100,8 @@ def run_peaks(quick: bool) -> list[list[Any]]:
 
 def run_growth(steps: int = 200, marks: tuple[int, ...] = (20, 100, 200)) -> dict[str, Any]:
     """Train the 64x64 config through the runner, recording RSS and time at ``marks``."""
+    from spap.config import from_dict, merge, read_yaml
     from spap.data.scenes import write_scenes
-    from spap.train.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANTask
     from spap.train.runner import run
 

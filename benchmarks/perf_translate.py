@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     n = args.images or (8 if args.quick else 16)
     repeats = args.repeats or (2 if args.quick else 3)
 
+    from spap.config import from_dict, merge, parse_overrides, read_yaml
     from spap.data.io import list_images, read_image
     from spap.data.transforms import to_tensor_image
     from spap.inference.translate import Translator
     from spap.models.cyclegan import build_generator
-    from spap.train.config import from_dict, merge, parse_overrides, read_yaml
     from spap.train.cyclegan import CycleGANConfig
 
     cfg_dict = merge(read_yaml("cyclegan/facades"), parse_overrides(args.overrides))

@@ -122,7 +122,7 @@ def _train(task_cls: Any, cfg: Any, run_dir: Path) -> float:
 def cyclegan_config(spec: dict[str, Any]) -> Any:
     """The CycleGAN config of a run: configs/cyclegan/scenes.yaml resized, the variant's
     model keys, a 2-phase learning rate (constant, then the reference's linear decay)."""
-    from spap.train.config import from_dict, merge, read_yaml
+    from spap.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANConfig, CycleGANTask
 
     steps, n_train, size = spec["steps"], spec["n_train"], spec["size"]
@@ -157,10 +157,10 @@ def cyclegan_config(spec: dict[str, Any]) -> Any:
 def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one CycleGAN variant/seed and score it (runs in a worker process)."""
     _setup_worker(spec["threads"])
+    from spap.config import to_dict
     from spap.eval.fcn import fcn_score
     from spap.eval.segnet import load_segnet
     from spap.inference.translate import Translator
-    from spap.train.config import to_dict
     from spap.train.cyclegan import CycleGANTask
 
     steps, size = spec["steps"], spec["size"]
@@ -210,7 +210,7 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def gan_config(spec: dict[str, Any]) -> Any:
     """The GAN config of a run: the variant's configs/gan/scenes64_*.yaml resized."""
-    from spap.train.config import from_dict, merge, read_yaml
+    from spap.config import from_dict, merge, read_yaml
     from spap.train.gan import GANConfig, GANTask
 
     steps, size = spec["steps"], spec["size"]

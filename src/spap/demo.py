@@ -108,7 +108,7 @@ def cyclegan_config(
     data_root: Path, plan: DemoPlan, seed: int, device: str, steps: int | None
 ) -> Any:
     """The demo's CycleGAN config: ``configs/cyclegan/scenes_spap.yaml`` at ``plan.size``."""
-    from spap.train.config import from_dict, merge, read_yaml
+    from spap.config import from_dict, merge, read_yaml
     from spap.train.cyclegan import CycleGANConfig, CycleGANTask
 
     data = read_yaml(DEMO_CONFIG)
@@ -386,10 +386,10 @@ def _machine_busy() -> bool:
 def _run_demo(
     out: Path, minutes: float, size: int, seed: int, device: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
+    from spap.config import to_dict
     from spap.eval.fcn import fcn_score
     from spap.eval.segnet import load_segnet, train_segnet
     from spap.inference.translate import Translator
-    from spap.train.config import to_dict
     from spap.train.cyclegan import CycleGANTask
     from spap.train.distributed import pick_device
     from spap.train.runner import run

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from spap.cli import main as cli
+from spap.config import from_dict, to_dict
 from spap.errors import CheckpointError, SpapError
 from spap.inference.translate import Translator, pad_to_multiple
 from spap.train.checkpoint import FORMAT, VERSION, save_checkpoint
-from spap.train.config import from_dict, to_dict
 from spap.train.cyclegan import CycleGANConfig, build_networks
 
 SPAP = {

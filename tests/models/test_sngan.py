@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from spap.config import from_dict, to_dict
 from spap.errors import ConfigError
 from spap.layers import SPAP, SelfAttention, record_attention
 from spap.models.sngan import (
@@ -20,7 +21,6 @@ from spap.models.sngan import (
     g_block_resolutions,
     latents,
 )
-from spap.train.config import from_dict, to_dict
 
 
 @pytest.mark.parametrize("res", [32, 64, 128, 256])

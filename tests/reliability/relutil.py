@@ -138,7 +138,7 @@ def toy_cfg(data_root: Path | str, **sections: dict[str, Any]) -> Any:
     """The toy task's config: ``run={...}``, ``train={...}``, ``data={...}`` override."""
     from toytask import ToyConfig
 
-    from spap.train.config import from_dict, merge
+    from spap.config import from_dict, merge
 
     base = {
         "run": {"num_workers": 0, "device": "cpu", "log_every": 1000, "sample_every": 1000},

@@ -63,7 +63,7 @@ def test_bad_config_fails_at_start(
 
 
 def test_bad_config_in_a_yaml_file(tmp_path: Path, capsys) -> None:
-    from spap.train.config import CONFIG_DIR
+    from spap.config import CONFIG_DIR
 
     cfg = tmp_path / "my.yaml"  # a user's file on top of a shipped one
     cfg.write_text(f"base: {CONFIG_DIR / 'cyclegan' / 'facades.yaml'}\ntrain:\n  lamda_A: 5\n")

@@ -12,13 +12,13 @@ import pytest
 from relutil import Proc, assert_same_weights, image_folder, toy_cfg
 from toytask import CliToyTask
 
+from spap.config import from_dict, merge, to_dict
 from spap.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_for_resume,
     resolve_checkpoint,
 )
-from spap.train.config import from_dict, merge, to_dict
 from spap.train.runner import run
 
 #: Big checkpoints (1M extra parameters + Adam state = 12 MB) written at every step, so a

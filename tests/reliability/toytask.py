@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from spap.config import RunConfig, option
 from spap.errors import ConfigError
-from spap.train.config import RunConfig, option
 from spap.train.runner import RunContext, Task
 
 #: Every task built in this process, newest last (in-process tests inspect ``seen``).

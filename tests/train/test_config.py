@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from spap.config import RunConfig, load_config, option, parse_overrides, to_dict
 from spap.errors import ConfigError
-from spap.train.config import RunConfig, load_config, option, parse_overrides, to_dict
 
 
 @dataclasses.dataclass

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spap.config import from_dict, load_config
 from spap.errors import CheckpointError, ConfigError
 from spap.train import distributed as D
-from spap.train.config import from_dict, load_config
 from spap.train.cyclegan import CycleGANConfig, CycleGANTask, lr_factor
 from spap.train.runner import RunContext
 
@@ -32,7 +32,7 @@ SPAP = {
 
 
 def make_task(overrides: dict | None = None) -> CycleGANTask:
-    from spap.train.config import merge
+    from spap.config import merge
 
     cfg = from_dict(CycleGANConfig, merge(TINY, overrides or {}))
     ctx = RunContext(cfg.run, torch.device("cpu"), D.env_info())
@@ -196,7 +196,7 @@ def test_apply_size() -> None:
     ],
 )
 def test_config_errors(over, match) -> None:
-    from spap.train.config import merge
+    from spap.config import merge
 
     with pytest.raises(ConfigError, match=match):
         from_dict(CycleGANConfig, merge(TINY, over))

@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 
 from spap.cli import main as cli_main
+from spap.config import CONFIG_DIR, from_dict, load_config, merge, read_yaml
 from spap.data.datasets import ImageFolderDataset
 from spap.errors import ConfigError
 from spap.train.checkpoint import load_checkpoint
-from spap.train.config import CONFIG_DIR, from_dict, load_config, merge, read_yaml
 from spap.train.distributed import env_info
 from spap.train.ema import EMA
 from spap.train.gan import GANConfig, GANTask

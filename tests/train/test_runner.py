@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from spap.config import RunConfig, from_dict, option
 from spap.errors import ConfigError
 from spap.train.checkpoint import list_checkpoints, load_checkpoint
-from spap.train.config import RunConfig, from_dict, option
 from spap.train.runner import NonFiniteLossError, RunContext, Task, run
 
 

@@ -48,7 +48,7 @@ def build_config(
     task_cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None
 ) -> Any:
     """Schema defaults <- --config file (or the resumed run's config) <- flags <- key=value."""
-    from spap.train.config import from_dict, merge, parse_overrides, read_yaml
+    from spap.config import from_dict, merge, parse_overrides, read_yaml
 
     data: dict[str, Any] = dict(base or {})
     if args.config:

@@ -172,7 +172,7 @@ class Sampler:
         cls, ckpt: Mapping[str, Any], device: str | torch.device = "auto", ema: bool = True
     ) -> Sampler:
         """Build from a loaded checkpoint dict (see :func:`spap.train.checkpoint.load_checkpoint`)."""
-        from spap.train.config import from_dict
+        from spap.config import from_dict
         from spap.train.distributed import pick_device
         from spap.train.gan import GANConfig
 
@@ -213,7 +213,7 @@ class Sampler:
 
         from safetensors import safe_open
 
-        from spap.train.config import from_dict
+        from spap.config import from_dict
         from spap.train.distributed import pick_device
         from spap.train.gan import GANConfig
 

@@ -268,7 +268,7 @@ class Translator:
         cls, state: Mapping[str, Any], device: str | torch.device = "auto"
     ) -> Translator:
         """From a loaded checkpoint dict (``spap.train.checkpoint.load_checkpoint``)."""
-        from spap.train.config import from_dict
+        from spap.config import from_dict
         from spap.train.cyclegan import CycleGANConfig, build_networks
 
         where = state.get("path", "checkpoint")
@@ -299,8 +299,8 @@ class Translator:
         """From a generator exported with ``spap export --format safetensors``."""
         from safetensors import safe_open
 
+        from spap.config import from_dict
         from spap.models.cyclegan import build_generator
-        from spap.train.config import from_dict
         from spap.train.cyclegan import CycleGANConfig
 
         try:

@@ -61,10 +61,10 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils import parametrize
 
+from spap.config import option, suggest
 from spap.errors import CheckpointError, ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.layers.attention import check_attention_options
-from spap.train.config import option, suggest
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _as_config(cfg: CycleGANModelConfig | Mapping[str, Any] | None) -> CycleGANM
         return CycleGANModelConfig()
     if isinstance(cfg, CycleGANModelConfig):
         return cfg
-    from spap.train.config import from_dict
+    from spap.config import from_dict
 
     return from_dict(CycleGANModelConfig, cfg)
 

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from spap.config import option
 from spap.data.sampler import derive_seed
 from spap.errors import ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.layers.attention import check_attention_options
-from spap.train.config import option
 
 __all__ = [
     "ATTENTION_KINDS",

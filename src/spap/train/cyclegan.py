@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spap.config import RunConfig, option
 from spap.data.sampler import derive_seed
 from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
 from spap.errors import CheckpointError, ConfigError
@@ -48,7 +49,6 @@ from spap.models.cyclegan import (
     convert_reference_generator,
     load_weights,
 )
-from spap.train.config import RunConfig, option
 from spap.train.losses import LOSSES, d_loss, g_loss
 from spap.train.pool import ImagePool
 from spap.train.runner import RunContext, Task

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from spap.config import RunConfig, option
 from spap.data.sampler import derive_seed
 from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
 from spap.errors import ConfigError
 from spap.models.sngan import SNGANConfig, build_discriminator, build_generator, latents
-from spap.train.config import RunConfig, option
 from spap.train.ema import EMA
 from spap.train.losses import LOSSES, d_loss, g_loss
 from spap.train.runner import RunContext, Task

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from spap.config import suggest
 from spap.errors import ConfigError
-from spap.train.config import suggest
 
 TASKS: dict[str, str] = {
     "cyclegan": "spap.train.cyclegan:CycleGANTask",

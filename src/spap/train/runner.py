@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spap.config import RunConfig, to_dict
 from spap.errors import CheckpointError, ConfigError, DataError, SpapError
 from spap.train import distributed as D
 from spap.train.checkpoint import (
@@ -39,7 +40,6 @@ from spap.train.checkpoint import (
     load_for_resume,
     resolve_checkpoint,
 )
-from spap.train.config import RunConfig, to_dict
 
 log = logging.getLogger(__name__)
 

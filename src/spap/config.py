@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 #: Folder holding the shipped YAML configs (``configs/`` at the top of the repository
 #: is a link to it).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def option(
