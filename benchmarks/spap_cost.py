@@ -42,23 +42,31 @@ def variants(factory: LayerFactory, quick: bool) -> dict[str, Callable[[int], nn
     """Name -> builder(channels) of every unit in the table (the first is the reference)."""
     table: dict[str, Callable[[int], nn.Module]] = {
         "resnet block": lambda c: ResnetBlock(c, factory),
-        "sagan": lambda c: SelfAttention(c, factory),
-        "spap default (c2f)": lambda c: SPAP(c, factory=factory),
-        "spap f2c": lambda c: SPAP(c, order="fine_to_coarse", factory=factory),
-        "spap channel": lambda c: SPAP(c, attention="channel", factory=factory),
-        "spap both": lambda c: SPAP(c, attention="both", factory=factory),
-        "spap sigmoid": lambda c: SPAP(c, normalizer="sigmoid", factory=factory),
+        "sagan": lambda c: SelfAttention(c, spectral_norm=factory.spectral_norm),
+        "spap default (c2f)": lambda c: SPAP(c, **factory.layer_kwargs()),
+        "spap f2c": lambda c: SPAP(c, order="fine_to_coarse", **factory.layer_kwargs()),
+        "spap channel": lambda c: SPAP(c, attention="channel", **factory.layer_kwargs()),
+        "spap both": lambda c: SPAP(c, attention="both", **factory.layer_kwargs()),
+        "spap sigmoid": lambda c: SPAP(c, normalizer="sigmoid", **factory.layer_kwargs()),
     }
     if not quick:
         table.update(
             {
-                "spap rates 1,2,4,8": lambda c: SPAP(c, rates=(1, 2, 4, 8), factory=factory),
-                "spap rates 0,1,2,3,4": lambda c: SPAP(c, rates=(0, 1, 2, 3, 4), factory=factory),
-                "spap inner C/2": lambda c: SPAP(c, inner_channels=c // 2, factory=factory),
-                "spap inner C/8": lambda c: SPAP(c, inner_channels=max(1, c // 8), factory=factory),
-                "spap fuse k=1": lambda c: SPAP(c, fuse_kernel=1, factory=factory),
-                "spap fuse 2 layers": lambda c: SPAP(c, fuse_layers=2, factory=factory),
-                "spap fuse 0 layers": lambda c: SPAP(c, fuse_layers=0, factory=factory),
+                "spap rates 1,2,4,8": lambda c: SPAP(
+                    c, rates=(1, 2, 4, 8), **factory.layer_kwargs()
+                ),
+                "spap rates 0,1,2,3,4": lambda c: SPAP(
+                    c, rates=(0, 1, 2, 3, 4), **factory.layer_kwargs()
+                ),
+                "spap inner C/2": lambda c: SPAP(
+                    c, inner_channels=c // 2, **factory.layer_kwargs()
+                ),
+                "spap inner C/8": lambda c: SPAP(
+                    c, inner_channels=max(1, c // 8), **factory.layer_kwargs()
+                ),
+                "spap fuse k=1": lambda c: SPAP(c, fuse_kernel=1, **factory.layer_kwargs()),
+                "spap fuse 2 layers": lambda c: SPAP(c, fuse_layers=2, **factory.layer_kwargs()),
+                "spap fuse 0 layers": lambda c: SPAP(c, fuse_layers=0, **factory.layer_kwargs()),
             }
         )
     return table

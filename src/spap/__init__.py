@@ -1,19 +1,16 @@
 """spap: Spatial Pyramid Attentive Pooling for GANs and unpaired image-to-image translation.
 
 ``from spap import SPAP`` gives the drop-in unit; ``from spap import SelfAttention`` the SAGAN
-block it is measured against. Both are imported lazily so that ``spap --help`` stays fast.
+block it is measured against. Both are imported lazily so that ``spap --help`` stays fast,
+and importing either needs nothing beyond PyTorch.
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["SPAP", "SelfAttention", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "SPAP":
         from spap.layers.spap import SPAP
 
@@ -23,3 +20,7 @@ def __getattr__(name: str) -> Any:
 
         return SelfAttention
     raise AttributeError(f"module 'spap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -97,7 +97,7 @@ def test_factory_layers() -> None:
 def test_remove_spectral_norm_bakes_the_eval_weight() -> None:
     from torch.nn.utils import parametrize
 
-    unit = SPAP(8, rates=(1, 2), factory=discriminator_factory())
+    unit = SPAP(8, rates=(1, 2), **discriminator_factory().layer_kwargs())
     with torch.no_grad():
         unit.gamma.fill_(0.5)
     unit.train()

@@ -7,7 +7,6 @@ import torch
 
 from spap import SelfAttention
 from spap.errors import ConfigError
-from spap.layers import LayerFactory
 
 
 @pytest.mark.parametrize(("c", "h", "w"), [(16, 8, 8), (8, 5, 7), (32, 1, 1), (4, 3, 2)])
@@ -23,7 +22,7 @@ def test_shapes_and_attention_rows(c: int, h: int, w: int) -> None:
 
 
 def test_identity_at_init_and_gradients() -> None:
-    unit = SelfAttention(16, factory=LayerFactory(spectral_norm=True))
+    unit = SelfAttention(16, spectral_norm=True)
     x = torch.randn(2, 16, 8, 8)
     assert torch.equal(unit(x), x)
     with torch.no_grad():

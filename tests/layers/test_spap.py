@@ -44,7 +44,7 @@ def test_rate_above_map_size_is_the_centre_tap() -> None:
 @pytest.mark.parametrize("attention", ["spatial", "channel", "both"])
 @pytest.mark.parametrize("order", ["coarse_to_fine", "fine_to_coarse"])
 def test_identity_at_init_is_exact(attention: str, order: str) -> None:
-    unit = SPAP(8, attention=attention, order=order, factory=LayerFactory(norm="batch"))
+    unit = SPAP(8, attention=attention, order=order, **LayerFactory(norm="batch").layer_kwargs())
     x = torch.randn(2, 8, 11, 6) * 100
     assert unit.gamma.detach().item() == 0.0
     assert torch.equal(unit(x), x)
@@ -100,7 +100,9 @@ def test_pair_attention_sums_to_one(attention: str, shape: tuple, normalizer: st
 @pytest.mark.parametrize("attention", ["spatial", "channel", "both"])
 @pytest.mark.parametrize("norm", ["none", "batch", "instance", "group"])
 def test_gradients_reach_every_parameter(attention: str, norm: str) -> None:
-    unit = _with_gamma(SPAP(8, rates=(0, 1, 3), attention=attention, factory=LayerFactory(norm)))
+    unit = _with_gamma(
+        SPAP(8, rates=(0, 1, 3), attention=attention, **LayerFactory(norm).layer_kwargs())
+    )
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     unit(x).square().mean().backward()
     for name, p in unit.named_parameters():
@@ -121,7 +123,7 @@ def test_spectral_norm_is_applied() -> None:
 
     from spap.layers.factories import sigma_max
 
-    unit = SPAP(8, factory=LayerFactory(spectral_norm=True))
+    unit = SPAP(8, spectral_norm=True)
     convs = [m for m in unit.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(parametrize.is_parametrized(m, "weight") for m in convs)
     unit.train()

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from spap import SPAP, SelfAttention
-from spap.layers import LayerFactory, record_attention, remove_spectral_norm
+from spap.layers import record_attention, remove_spectral_norm
 
 
 def _unit(kind: str) -> torch.nn.Module:
     if kind == "sagan":
-        unit = SelfAttention(16, factory=LayerFactory(spectral_norm=True))
+        unit = SelfAttention(16, spectral_norm=True)
     else:
-        unit = SPAP(8, rates=(0, 1, 2), attention=kind, factory=LayerFactory(norm="batch"))
+        unit = SPAP(8, rates=(0, 1, 2), attention=kind, norm_layer=torch.nn.BatchNorm2d)
     with torch.no_grad():
         unit.gamma.fill_(0.6)
     return unit.eval()

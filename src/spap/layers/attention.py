@@ -1,8 +1,9 @@
 """Building attention units by name, and collecting their attention maps.
 
 ``build_attention("spap", 128, factory, order="fine_to_coarse")`` is what the networks call
-at each configured resolution; ``record_attention(model)`` gathers the maps of every unit in
-any model during the forward passes inside a ``with`` block.
+at each configured resolution (the factory's layers become the unit's layer callables, see
+:meth:`LayerFactory.layer_kwargs`); ``record_attention(model)`` gathers the maps of every
+unit in any model during the forward passes inside a ``with`` block.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from spap.errors import ConfigError
 from spap.layers.base import AttentionUnit
 from spap.layers.factories import LayerFactory, check_choice
+from spap.layers.layer_spec import LAYER_ARGUMENTS
 from spap.layers.sagan import SelfAttention
 from spap.layers.spap import SPAP
 
@@ -39,13 +41,22 @@ ATTENTION_KINDS = ("none", "sagan", "spap")
 _UNITS: dict[str, type[nn.Module]] = {"sagan": SelfAttention, "spap": SPAP}
 
 
+def _unit_parameters(kind: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(_UNITS[kind].__init__).parameters)
+
+
 def attention_options(kind: str) -> tuple[str, ...]:
-    """Option names :func:`build_attention` accepts for ``kind`` (besides channels/factory)."""
+    """Option names a config may pass to :func:`build_attention` for ``kind``.
+
+    The unit's constructor arguments besides ``channels`` and the layer arguments
+    (``conv_layer``, ``norm_layer``, ``act_layer``, ``spectral_norm``, ``device``,
+    ``dtype``), which come from the host network's factory.
+    """
     check_choice("attention kind", kind, ATTENTION_KINDS)
     if kind == "none":
         return ()
-    params = inspect.signature(_UNITS[kind].__init__).parameters
-    return tuple(n for n in params if n not in ("self", "channels", "factory"))
+    skip = ("self", "channels", *LAYER_ARGUMENTS)
+    return tuple(n for n in _unit_parameters(kind) if n not in skip)
 
 
 def build_attention(
@@ -53,8 +64,11 @@ def build_attention(
 ) -> nn.Module:
     """An attention unit by name: ``"none"`` (``nn.Identity``), ``"sagan"`` or ``"spap"``.
 
-    ``options`` go to the unit's constructor (e.g. ``order``, ``rates`` for SPAP); an
-    unknown option raises :class:`ConfigError` naming it and the closest valid name.
+    The unit builds its layers as ``factory`` does (``factory.layer_kwargs()``; SAGAN uses
+    only its conv and spectral norm); ``None`` -> the unit's defaults, which are those of
+    ``LayerFactory()`` (plain convs, no norm, ReLU). ``options`` go to the unit's
+    constructor (e.g. ``order``, ``rates`` for SPAP); an unknown option raises
+    :class:`ConfigError` naming it and the closest valid name.
     """
     valid = attention_options(kind)
     for key in options:
@@ -65,11 +79,17 @@ def build_attention(
             raise ConfigError(
                 f"unknown option {key!r} for attention {kind!r}{hint} (valid: {listing})"
             )
+    if factory is not None and not isinstance(factory, LayerFactory):
+        raise ConfigError(f"factory must be a LayerFactory, got {type(factory).__name__}")
     if kind == "none":
         return nn.Identity()
     if "rates" in options and options["rates"] is not None:
         options["rates"] = tuple(options["rates"])  # YAML gives lists
-    return _UNITS[kind](channels, factory=factory, **options)
+    layers: dict[str, Any] = {}
+    if factory is not None:
+        params = _unit_parameters(kind)
+        layers = {k: v for k, v in factory.layer_kwargs().items() if k in params}
+    return _UNITS[kind](channels, **layers, **options)
 
 
 def check_attention_options(kind: str, options: dict[str, Any], key: str) -> None:

@@ -2,16 +2,21 @@
 
 In the spirit of BigGAN-PyTorch's ``which_conv`` / ``which_bn``: a host network creates a
 :class:`LayerFactory` once (batch/instance norm in a generator, spectral norm and no norm in
-a discriminator) and hands it to every block it builds, including the attention units, so
-that the same SPAP or SAGAN code serves both sides without hard-coding either.
+a discriminator) and hands it to every block it builds. The attention units themselves take
+layer callables (``conv_layer``, ``norm_layer``, ``act_layer``, ``spectral_norm``) as
+torchvision and timm blocks do; :meth:`LayerFactory.layer_kwargs` gives the callables that
+build exactly the factory's layers, so ``SPAP(c, **factory.layer_kwargs())`` is the unit the
+networks get from :func:`spap.layers.build_attention`.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +32,7 @@ __all__ = [
     "check_choice",
     "discriminator_factory",
     "generator_factory",
+    "group_norm",
     "remove_spectral_norm",
     "sigma_max",
 ]
@@ -55,6 +61,30 @@ def _group_count(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
 
 
+def group_norm(
+    num_channels: int,
+    *,
+    max_groups: int = 32,
+    affine: bool = True,
+    eps: float = 1e-5,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.GroupNorm:
+    """``nn.GroupNorm`` with the largest divisor of ``num_channels`` up to ``max_groups`` groups.
+
+    A ``norm_layer`` callable (called with the channel count), so any width works, e.g.
+    ``SPAP(c, norm_layer=group_norm)``; :class:`LayerFactory` uses it for ``norm="group"``.
+    """
+    return nn.GroupNorm(
+        _group_count(num_channels, max_groups),
+        num_channels,
+        eps=eps,
+        affine=affine,
+        device=device,
+        dtype=dtype,
+    )
+
+
 @dataclass(frozen=True)
 class LayerFactory:
     """Builds conv / linear / norm / activation layers the same way across a network.
@@ -81,6 +111,39 @@ class LayerFactory:
     def has_norm(self) -> bool:
         """Whether :meth:`norm_layer` returns a real norm (then a preceding conv needs no bias)."""
         return self.norm != "none"
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The unit keywords that build exactly this factory's layers.
+
+        ``{"conv_layer": nn.Conv2d, "norm_layer": ..., "act_layer": ..., "spectral_norm": ...}``
+        for :class:`spap.SPAP` (``SPAP(c, **factory.layer_kwargs())``); ``norm_layer`` is
+        ``None`` for ``norm="none"`` (then the convs before it have a bias), ``act_layer``
+        ``None`` for ``activation="none"``. :class:`spap.SelfAttention` uses only
+        ``conv_layer`` and ``spectral_norm``.
+        """
+        return {
+            "conv_layer": nn.Conv2d,
+            "norm_layer": self._norm_callable(),
+            "act_layer": self._act_callable(),
+            "spectral_norm": self.spectral_norm,
+        }
+
+    def _norm_callable(self) -> Callable[..., nn.Module] | None:
+        if self.norm == "none":
+            return None
+        affine = self.norm_affine
+        if self.norm == "batch":
+            return partial(nn.BatchNorm2d, affine=True if affine is None else affine)
+        if self.norm == "instance":
+            return partial(nn.InstanceNorm2d, affine=False if affine is None else affine)
+        return partial(group_norm, affine=True if affine is None else affine)
+
+    def _act_callable(self) -> Callable[[], nn.Module] | None:
+        if self.activation == "relu":
+            return nn.ReLU
+        if self.activation == "lrelu":
+            return partial(nn.LeakyReLU, 0.2)
+        return None
 
     def _sn(self, module: nn.Module) -> nn.Module:
         return _spectral_norm(module) if self.spectral_norm else module
@@ -119,22 +182,13 @@ class LayerFactory:
 
     def norm_layer(self, ch: int) -> nn.Module:
         """The factory's 2-D norm over ``ch`` channels (``nn.Identity`` for ``"none"``)."""
-        if self.norm == "none":
-            return nn.Identity()
-        affine = self.norm_affine
-        if self.norm == "batch":
-            return nn.BatchNorm2d(ch, affine=True if affine is None else affine)
-        if self.norm == "instance":
-            return nn.InstanceNorm2d(ch, affine=False if affine is None else affine)
-        return nn.GroupNorm(_group_count(ch), ch, affine=True if affine is None else affine)
+        make = self._norm_callable()
+        return nn.Identity() if make is None else make(ch)
 
     def act(self) -> nn.Module:
         """The factory's activation (``nn.Identity`` for ``"none"``)."""
-        if self.activation == "relu":
-            return nn.ReLU()
-        if self.activation == "lrelu":
-            return nn.LeakyReLU(0.2)
-        return nn.Identity()
+        make = self._act_callable()
+        return nn.Identity() if make is None else make()
 
     def conv_block(
         self,
@@ -190,6 +244,6 @@ def remove_spectral_norm(module: nn.Module) -> nn.Module:
 
 
 def sigma_max(weight: torch.Tensor) -> float:
-    """Largest singular value of a weight reshaped to (out, -1) (a test/diagnostic helper)."""
+    """Largest singular value of a weight reshaped to (out, -1) (for tests and diagnostics)."""
     w = weight.detach().reshape(weight.shape[0], -1).double()
     return float(torch.linalg.matrix_norm(w, ord=2)) if w.numel() else math.nan

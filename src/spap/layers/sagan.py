@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from spap.errors import ConfigError
 from spap.layers.base import AttentionUnit
-from spap.layers.factories import LayerFactory
+from spap.layers.layer_spec import ConvLayer, LayerSpec
 
 __all__ = ["SelfAttention"]
 
@@ -23,10 +23,15 @@ class SelfAttention(AttentionUnit):
 
     Args:
         channels: input (= output) channels ``C``.
-        factory: conv builder (spectral norm in a discriminator, and in SAGAN's generator);
-            only its conv is used (no norm, no activation). ``None`` -> ``LayerFactory()``.
         reduction: theta/phi width is ``max(1, C // reduction)``; g width is ``max(1, C // 2)``.
         pool: 2x2 max-pool keys and values (``ceil_mode``, so odd and 1-pixel maps work).
+        conv_layer: builds the four 1x1 convs (no bias), called as ``conv_layer(in_ch, out_ch,
+            1, padding=0, dilation=1, bias=False, device=, dtype=)`` (``nn.Conv2d``-compatible).
+        spectral_norm: wrap them in :func:`torch.nn.utils.parametrizations.spectral_norm`
+            (in a discriminator, and in SAGAN's generator).
+        device, dtype: where and in what precision the parameters are created.
+
+    There is no norm and no activation.
 
     ``forward_with_attention(x)`` returns ``(y, [attn])`` with ``attn`` of shape
     (N, H*W, H'*W'): row ``i`` (query position ``i`` in row-major order) is a softmax over the
@@ -36,26 +41,30 @@ class SelfAttention(AttentionUnit):
     def __init__(
         self,
         channels: int,
-        factory: LayerFactory | None = None,
         reduction: int = 8,
         pool: bool = True,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        spectral_norm: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"channels must be an integer >= 1, got {channels!r}")
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
             raise ConfigError(f"reduction must be an integer >= 1, got {reduction!r}")
-        factory = factory or LayerFactory()
+        spec = LayerSpec(conv_layer, None, None, spectral_norm, device, dtype)
         self.channels = channels
         self.reduction = reduction
         self.pool = bool(pool)
         qk = max(1, channels // reduction)
         vc = max(1, channels // 2)
-        self.theta = factory.conv(channels, qk, 1, bias=False)
-        self.phi = factory.conv(channels, qk, 1, bias=False)
-        self.g = factory.conv(channels, vc, 1, bias=False)
-        self.o = factory.conv(vc, channels, 1, bias=False)
-        self.gamma = nn.Parameter(torch.tensor(0.0))
+        self.theta = spec.conv(channels, qk, 1, bias=False)
+        self.phi = spec.conv(channels, qk, 1, bias=False)
+        self.g = spec.conv(channels, vc, 1, bias=False)
+        self.o = spec.conv(vc, channels, 1, bias=False)
+        self.gamma = spec.scalar(0.0)
 
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(y, [attn])`` with ``attn`` of shape (N, H*W, H'*W'), rows summing to 1."""

@@ -7,7 +7,9 @@ attention maps normalised across each pair, and a residual blend
 
 Everything the figure does not fix (rates, widths, the conv stacks inside a fuse block,
 the attention shape and normaliser, the cascade order's exact meaning) is a constructor
-argument; the defaults are this project's choices, see ``docs/spap.md``.
+argument; the defaults are this project's choices, see ``docs/spap.md``. Conv, norm and
+activation come from layer callables as in torchvision / timm blocks (``conv_layer``,
+``norm_layer``, ``act_layer``, ``spectral_norm``, ``device``, ``dtype``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import Tensor, nn
 
 from spap.errors import ConfigError
 from spap.layers.base import AttentionUnit
-from spap.layers.factories import LayerFactory, check_choice
+from spap.layers.factories import check_choice
+from spap.layers.layer_spec import ActLayer, ConvLayer, LayerSpec, NormLayer
 
 __all__ = [
     "ATTENTION_SHAPES",
@@ -60,6 +63,8 @@ class AttentiveFuse(nn.Module):
     ``maps`` has shape (N, 2, H, W) for ``spatial``, (N, 2, C, 1, 1) for ``channel`` and
     (N, 2, C, H, W) for ``both``; index 0 along dim 1 weights ``u``, index 1 weights ``v``,
     and the two sum to 1 everywhere.
+
+    The keyword-only layer arguments are those of :class:`SPAP`.
     """
 
     def __init__(
@@ -69,10 +74,16 @@ class AttentiveFuse(nn.Module):
         normalizer: str = "softmax",
         layers: int = 1,
         kernel: int = 3,
-        factory: LayerFactory | None = None,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: NormLayer | None = None,
+        act_layer: ActLayer | None = nn.ReLU,
+        spectral_norm: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = factory or LayerFactory()
+        spec = LayerSpec(conv_layer, norm_layer, act_layer, spectral_norm, device, dtype)
         self.channels = channels
         self.use_spatial = attention in ("spatial", "both")
         self.use_channel = attention in ("channel", "both")
@@ -82,19 +93,19 @@ class AttentiveFuse(nn.Module):
 
         self.embed = nn.Sequential(
             *[
-                factory.conv_block(channels * (2 if i == 0 else 1), channels, kernel)
+                spec.conv_block(channels * (2 if i == 0 else 1), channels, kernel)
                 for i in range(layers)
             ]
         )
         in_ch = channels if layers else 2 * channels
         self.spatial_head: nn.Module = (
-            factory.conv(in_ch, n_logits, 1) if self.use_spatial else nn.Identity()
+            spec.conv(in_ch, n_logits, 1) if self.use_spatial else nn.Identity()
         )
         self.channel_head: nn.Module = (
-            factory.conv(in_ch, n_logits * channels, 1) if self.use_channel else nn.Identity()
+            spec.conv(in_ch, n_logits * channels, 1) if self.use_channel else nn.Identity()
         )
         self.refine = nn.Sequential(
-            *[factory.conv_block(channels, channels, kernel) for _ in range(layers)]
+            *[spec.conv_block(channels, channels, kernel) for _ in range(layers)]
         )
 
     def _logits(self, e: Tensor) -> Tensor:
@@ -140,10 +151,25 @@ class SPAP(AttentionUnit):
         fuse_layers: conv-norm-act layers in each of the two conv stacks of a fuse block
             (before the attention head and after the weighted sum); 0 allowed.
         fuse_kernel: kernel size of those layers (odd).
-        factory: how to build conv / norm / activation (pass the host network's);
-            ``None`` -> ``LayerFactory()`` (no norm, no spectral norm, ReLU).
+        conv_layer: builds every conv, called as ``conv_layer(in_ch, out_ch, kernel_size,
+            padding=, dilation=, bias=, device=, dtype=)`` (``nn.Conv2d``-compatible).
+        norm_layer: builds the norm of every conv-norm-act layer (branches, fuse stacks),
+            called with the channel count (and ``device=`` / ``dtype=`` if it takes them),
+            e.g. ``nn.BatchNorm2d``, ``partial(nn.GroupNorm, 8)``, ``nn.SyncBatchNorm``;
+            ``None`` -> no norm (``nn.Identity``), and then those convs have a bias (with a
+            norm they have none). The attention heads and the projection always have one.
+        act_layer: builds each activation, called with no arguments, e.g. ``nn.ReLU``,
+            ``partial(nn.LeakyReLU, 0.2)``, ``nn.SiLU``; ``None`` -> no activation.
+        spectral_norm: wrap every conv the unit builds in
+            :func:`torch.nn.utils.parametrizations.spectral_norm` (as in a GAN discriminator).
         gamma_init: initial value of the learned blend scalar ``gamma``; 0 makes a new unit
             exactly the identity.
+        device, dtype: where and in what precision every parameter is created (``"meta"``
+            works); a ``norm_layer`` / ``conv_layer`` that takes no such keywords is called
+            without them and its module moved with ``.to(device, dtype)``.
+
+    ``spap.layers.LayerFactory(...).layer_kwargs()`` gives the four layer arguments that build
+    a factory's layers (``SPAP(c, **factory.layer_kwargs())``).
 
     ``forward_with_attention(x)`` returns ``(y, maps)`` with one tensor per fuse block, in
     cascade order, each of shape (N, 2, H, W) / (N, 2, C', 1, 1) / (N, 2, C', H, W) for
@@ -161,8 +187,14 @@ class SPAP(AttentionUnit):
         normalizer: str = "softmax",
         fuse_layers: int = 1,
         fuse_kernel: int = 3,
-        factory: LayerFactory | None = None,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: NormLayer | None = None,
+        act_layer: ActLayer | None = nn.ReLU,
+        spectral_norm: bool = False,
         gamma_init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         _check_int("channels", channels, 1)
@@ -177,10 +209,7 @@ class SPAP(AttentionUnit):
         _check_int("fuse_kernel", fuse_kernel, 1)
         if fuse_kernel % 2 == 0:
             raise ConfigError(f"fuse_kernel must be odd (same-size convs), got {fuse_kernel}")
-        if factory is None:
-            factory = LayerFactory()
-        elif not isinstance(factory, LayerFactory):
-            raise ConfigError(f"factory must be a LayerFactory, got {type(factory).__name__}")
+        spec = LayerSpec(conv_layer, norm_layer, act_layer, spectral_norm, device, dtype)
 
         self.channels = channels
         self.rates = rates
@@ -194,7 +223,7 @@ class SPAP(AttentionUnit):
         # Branches are stored in rate order (branches.i <-> rates[i]) whatever the order.
         self.branches = nn.ModuleList(
             [
-                factory.conv_block(channels, inner_channels, 1 if r == 0 else 3, dilation=max(r, 1))
+                spec.conv_block(channels, inner_channels, 1 if r == 0 else 3, dilation=max(r, 1))
                 for r in rates
             ]
         )
@@ -204,13 +233,13 @@ class SPAP(AttentionUnit):
         self.fuse = nn.ModuleList(
             [
                 AttentiveFuse(
-                    inner_channels, attention, normalizer, fuse_layers, fuse_kernel, factory
+                    inner_channels, attention, normalizer, fuse_layers, fuse_kernel, **spec.kwargs()
                 )
                 for _ in range(len(rates) - 1)
             ]
         )
-        self.project = factory.conv(inner_channels, channels, 1)
-        self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
+        self.project = spec.conv(inner_channels, channels, 1)
+        self.gamma = spec.scalar(gamma_init)
 
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(y, maps)``: the output and one attention tensor per fuse block (cascade order)."""
