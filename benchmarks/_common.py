@@ -23,8 +23,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # let the scripts import each other (reference_cyclegan)
-    sys.path.insert(0, str(HERE))
+TESTS = HERE.parent / "tests"
+for _path in (HERE, TESTS):  # the scripts import each other and the oracle in tests/reference
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 # ----------------------------------------------------------------------------- machine

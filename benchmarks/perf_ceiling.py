@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import _common as C
 from perf_cyclegan import CONFIGS, make_batches
-from reference_cyclegan import RefCycleGAN
+from reference.cyclegan import RefCycleGAN
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d")
 

@@ -3,7 +3,7 @@
 For each configuration (256x256 / 9 blocks / ngf=ndf=64, 128x128 / 6 blocks / 64,
 64x64 / 6 blocks / 32), in one process:
 
-1. build the reference iteration (``reference_cyclegan.RefCycleGAN``) and spap's
+1. build the reference iteration (``tests/reference/cyclegan.py``'s ``RefCycleGAN``) and spap's
    ``CycleGANTask`` (the code ``spap train cyclegan`` runs) from *identical* weights;
 2. run one iteration of each on the same batch and compare the eight losses, then a
    second iteration (after each took its own Adam step);
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import _common as C
-from reference_cyclegan import RefCycleGAN
+from reference.cyclegan import RefCycleGAN
 from spap.models.cyclegan import convert_reference_discriminator as convert_discriminator
 from spap.models.cyclegan import convert_reference_generator as convert_generator
 
@@ -68,12 +68,13 @@ def make_task(config: str, overrides: dict[str, Any], size: int, info: Any = Non
     """spap's ``CycleGANTask`` for a shipped config (CPU; one process unless ``info``, a
     ``spap.train.distributed.DistInfo`` of an initialised process group, is given)."""
     from spap.config import from_dict, merge, read_yaml
+    from spap.systems.cyclegan import apply_size as cyclegan_apply_size
+    from spap.train.context import RunContext
     from spap.train.cyclegan import CycleGANTask
     from spap.train.distributed import DistInfo
-    from spap.train.runner import RunContext
 
     data = read_yaml(config)
-    CycleGANTask.apply_size(data, size)
+    cyclegan_apply_size(data, size)
     data = merge(data, {"run": {"device": "cpu"}})
     data = merge(data, overrides)
     cfg = from_dict(CycleGANTask.config_class, data)

@@ -32,9 +32,9 @@ CONFIGS = {
 def make_task(config: str, overrides: dict[str, Any]) -> Any:
     """spap's ``GANTask`` for a shipped config (CPU, one process)."""
     from spap.config import from_dict, merge, read_yaml
+    from spap.train.context import RunContext
     from spap.train.distributed import DistInfo
     from spap.train.gan import GANTask
-    from spap.train.runner import RunContext
 
     data = merge(merge(read_yaml(config), {"run": {"device": "cpu"}}), overrides)
     cfg = from_dict(GANTask.config_class, data)

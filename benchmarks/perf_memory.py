@@ -6,7 +6,7 @@ batches: the CycleGAN configs at their sizes (batch 1) and the GAN configs at 12
 batch 16.
 
 Part 2 trains the 64x64 CycleGAN config (6 blocks, ngf = ndf = 32) for 200 iterations
-through the real loop (``spap.train.runner.run``: data-loading workers on built-in scenes,
+through the real loop (``spap.train.loop.run``: data-loading workers on built-in scenes,
 epochs of 108 images, TensorBoard, sample grids and checkpoints every 100 iterations) and
 reports the RSS of the training process at iterations 20, 100 and 200. The image pools fill
 up during the first 50 iterations (2 x 50 images); after that the RSS must stay flat:
@@ -102,8 +102,9 @@ def run_growth(steps: int = 200, marks: tuple[int, ...] = (20, 100, 200)) -> dic
     """Train the 64x64 config through the runner, recording RSS and time at ``marks``."""
     from spap.config import from_dict, merge, read_yaml
     from spap.data.scenes import write_scenes
+    from spap.systems.cyclegan import apply_size
     from spap.train.cyclegan import CycleGANTask
-    from spap.train.runner import run
+    from spap.train.loop import run
 
     record: dict[int, tuple[float, float]] = {}
 
@@ -118,7 +119,7 @@ def run_growth(steps: int = 200, marks: tuple[int, ...] = (20, 100, 200)) -> dic
         data = Path(tmp) / "scenes"
         write_scenes(data, n=120, size=64, seed=0)
         cfg_dict = read_yaml("cyclegan/cityscapes")
-        CycleGANTask.apply_size(cfg_dict, 64)
+        apply_size(cfg_dict, 64)
         cfg_dict = merge(
             merge(cfg_dict, CYCLEGAN_64),
             {
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         g = run_growth()
         rss = g["rss"]
         growth = rss[200] - rss[100]
-        print("\nGoal 5b: RSS of a 200-iteration run (64x64 config, spap.train.runner.run):")
+        print("\nGoal 5b: RSS of a 200-iteration run (64x64 config, spap.train.loop.run):")
         headers = [
             "RSS it 1",
             "RSS it 20",

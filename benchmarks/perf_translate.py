@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from spap.data.transforms import to_tensor_image
     from spap.inference.translate import Translator
     from spap.models.cyclegan import build_generator
-    from spap.train.cyclegan import CycleGANConfig
+    from spap.systems.cyclegan import CycleGANConfig
 
     cfg_dict = merge(read_yaml("cyclegan/facades"), parse_overrides(args.overrides))
     cfg = from_dict(CycleGANConfig, cfg_dict)

@@ -14,9 +14,9 @@ writes ``OUT/results/<name>.json``; finished runs are skipped when the command i
 interrupted ones resume from their checkpoint. The summary goes to ``OUT/study.md`` and
 ``OUT/study.json``.
 
-    python benchmarks/study.py --out runs/study                       # the main study
-    python benchmarks/study.py --out runs/study --part ablation       # SPAP's open choices
-    python benchmarks/study.py --out runs/pilot --seeds 0 --cg-steps 50 --gan-steps 20 \\
+    python experiments/study.py --out runs/study                       # the main study
+    python experiments/study.py --out runs/study --part ablation       # SPAP's open choices
+    python experiments/study.py --out runs/pilot --seeds 0 --cg-steps 50 --gan-steps 20 \\
         --cg-variants baseline spap_c2f --gan-variants baseline     # a quick smoke run
 """
 
@@ -109,7 +109,7 @@ def _setup_worker(threads: int) -> None:
 def _train(task_cls: Any, cfg: Any, run_dir: Path) -> float:
     """Train (or resume) a run; returns the wall-clock seconds spent now."""
     from spap.train.checkpoint import list_checkpoints, load_checkpoint
-    from spap.train.runner import run
+    from spap.train.loop import run
 
     ckpts = list_checkpoints(run_dir)
     if ckpts and load_checkpoint(run_dir)["step"] >= cfg.run.steps:
@@ -123,11 +123,11 @@ def cyclegan_config(spec: dict[str, Any]) -> Any:
     """The CycleGAN config of a run: configs/cyclegan/scenes.yaml resized, the variant's
     model keys, a 2-phase learning rate (constant, then the reference's linear decay)."""
     from spap.config import from_dict, merge, read_yaml
-    from spap.train.cyclegan import CycleGANConfig, CycleGANTask
+    from spap.systems.cyclegan import CycleGANConfig, apply_size
 
     steps, n_train, size = spec["steps"], spec["n_train"], spec["size"]
     data = read_yaml("cyclegan/scenes")
-    CycleGANTask.apply_size(data, size)
+    apply_size(data, size)
     epochs = max(1, math.ceil(steps / n_train))
     n_epochs = max(1, (epochs + 1) // 2)
     model = {"ngf": spec["width"], "ndf": spec["width"], **spec["model"]}
@@ -159,8 +159,8 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
     _setup_worker(spec["threads"])
     from spap.config import to_dict
     from spap.eval.fcn import fcn_score
-    from spap.eval.segnet import load_segnet
     from spap.inference.translate import Translator
+    from spap.models.segnet import load_segnet
     from spap.train.cyclegan import CycleGANTask
 
     steps, size = spec["steps"], spec["size"]
@@ -211,11 +211,11 @@ def cyclegan_job(spec: dict[str, Any]) -> dict[str, Any]:
 def gan_config(spec: dict[str, Any]) -> Any:
     """The GAN config of a run: the variant's configs/gan/scenes64_*.yaml resized."""
     from spap.config import from_dict, merge, read_yaml
-    from spap.train.gan import GANConfig, GANTask
+    from spap.systems.gan import GANConfig, apply_size
 
     steps, size = spec["steps"], spec["size"]
     data = read_yaml(GAN_VARIANTS[spec["variant"]])
-    GANTask.apply_size(data, size)
+    apply_size(data, size)
     return from_dict(
         GANConfig,
         merge(
@@ -288,7 +288,7 @@ def cost_job(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import default_collate
 
     from spap.train import distributed as D
-    from spap.train.runner import RunContext
+    from spap.train.context import RunContext
 
     if spec["kind"] == "cyclegan":
         from spap.train.cyclegan import CycleGANTask as task_cls
@@ -465,7 +465,9 @@ def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import torch
 
     from spap.data.scenes import write_scenes
-    from spap.eval.segnet import load_segnet, train_segnet
+    from spap.eval.fcn import evaluate_segnet
+    from spap.models.segnet import load_segnet
+    from spap.train.segnet import train_segnet
 
     torch.set_num_threads(args.threads)
     data = out / "data"
@@ -487,6 +489,7 @@ def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         device="cpu",
         seed=0,
         eval_phase="test",
+        score=evaluate_segnet,
         log_every=max(1, args.seg_steps // 5),
     )
     _, seg_cfg = load_segnet(seg)
@@ -542,7 +545,7 @@ def run_cost(args: argparse.Namespace, common: dict[str, Any]) -> int:
                 f"| {r['kind']} | {r['variant']} | {t:.3f} | {t / base[r['kind']]:.2f} | {params} |"
             )
     text = (
-        f"Command: `python benchmarks/study.py {' '.join(sys.argv[1:])}`\n\n"
+        f"Command: `python experiments/study.py {' '.join(sys.argv[1:])}`\n\n"
         f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores.\n\n" + "\n".join(lines) + "\n"
     )
@@ -662,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = "ablation" if args.part == "ablation" else "study"
     if args.tag:
         stem += f"_{args.tag}"
-    command = "python benchmarks/study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python experiments/study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
         f"Command: `{command}`\n\nWall-clock time of this invocation: "
         f"{(time.perf_counter() - t_start) / 60:.1f} min ({args.jobs} job(s) x "

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _common as C  # noqa: E402
 import perf_cyclegan as P  # noqa: E402
-from reference_cyclegan import RefCycleGAN  # noqa: E402
+from reference.cyclegan import RefCycleGAN  # noqa: E402
 
 SIZE, BLOCKS, WIDTH = 32, 1, 8
 
@@ -43,14 +43,17 @@ def _same_update(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["reference-order", "batched"])
-def test_reference_matches_spap_task(batched: bool) -> None:
+@pytest.mark.parametrize("config", ["cyclegan/cityscapes", "cyclegan/facades", "cyclegan/maps"])
+def test_reference_matches_spap_task(config: str, batched: bool) -> None:
+    """spap's training step with a shipped config (its losses, weights, pool, optimiser;
+    networks narrowed for speed) equals the reference iteration of tests/reference."""
     torch.manual_seed(0)
     ref = RefCycleGAN(ngf=WIDTH, ndf=WIDTH, n_blocks=BLOCKS)
     model = {"ngf": WIDTH, "ndf": WIDTH, "n_blocks": BLOCKS, "attention": "none"}
     train = {"batched_forwards": "always" if batched else "never"}
     # the reference's own Adam (fused Adam rounds differently; compared in test_runner.py)
     run = {"fused_optimizer": batched}
-    task = P.make_task("cyclegan/cityscapes", {"model": model, "train": train, "run": run}, SIZE)
+    task = P.make_task(config, {"model": model, "train": train, "run": run}, SIZE)
     P.copy_reference_weights(ref, task)
     batches = P.make_batches(SIZE, 3)
     # the reference order is bitwise the reference: equal over several iterations; batched

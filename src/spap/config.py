@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,8 @@ import yaml
 from spap.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: Folder holding the shipped YAML configs (``configs/`` at the top of the repository
 #: is a link to it).
@@ -62,7 +65,13 @@ class RunConfig:
         choices=("fp32", "bf16", "fp16"),
     )
     channels_last: bool = option(False, "use channels_last memory format for the networks")
-    compile: bool = option(False, "torch.compile the networks (falls back to eager if unavailable)")
+    compile: bool = option(
+        False,
+        "torch.compile the networks; each compiles on its first call (forward and backward); if "
+        "compiling fails (no working C++ compiler or Triton, an unsupported operation) one "
+        "warning is logged, that call is repeated eagerly and every network runs eagerly from "
+        "then on",
+    )
     cudnn_benchmark: bool = option(
         True,
         "CUDA: let cuDNN time and pick the fastest convolution algorithm per input shape "
@@ -104,7 +113,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, lenient: str = "") -> Any:
     """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -118,14 +127,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, lenient)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
-        return _build(tp, value, prefix=key + ".")
+        return _build(tp, value, prefix=key + ".", lenient=lenient)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -190,21 +199,29 @@ def suggest(name: str, valid: Sequence[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", lenient: str = "") -> T:
+    """Build ``cls`` from ``data``. ``lenient`` (a source name) drops unknown keys with a
+    warning naming it instead of failing: for configs stored by another release."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
+    unknown = [key for key in data if key not in fields]
+    for key in unknown:
+        if not lenient:
             raise ConfigError(
                 f"unknown config key {prefix + str(key)!r}{suggest(str(key), list(fields), prefix)}"
             )
+        log.warning(
+            "%s: ignoring the config key %r, unknown to this release", lenient, prefix + str(key)
+        )
+    if unknown:
+        data = {k: v for k, v in data.items() if k in fields}
     kwargs = {}
     for name, f in fields.items():
         key = prefix + name
         if name in data:
-            value = _coerce(data[name], hints[name], key)
+            value = _coerce(data[name], hints[name], key, lenient)
         elif dataclasses.is_dataclass(hints[name]) and f.default_factory is dataclasses.MISSING:
-            value = _build(hints[name], {}, prefix=key + ".")
+            value = _build(hints[name], {}, prefix=key + ".", lenient=lenient)
         else:
             continue
         _check_meta(value, f.metadata, key)
@@ -219,11 +236,26 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     return obj
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-    """Build the dataclass ``cls`` from a plain mapping, strictly (see module doc)."""
+def from_dict(
+    cls: type[T],
+    data: Mapping[str, Any],
+    *,
+    unknown: str = "error",
+    source: str = "",
+    prefix: str = "",
+) -> T:
+    """Build the dataclass ``cls`` from a plain mapping (see module doc).
+
+    ``unknown="error"`` (for what a user writes) fails on an unknown key; ``"warn"`` (for
+    configs read back from a checkpoint or an export of another release) drops it with a
+    warning naming ``source``. ``prefix`` is prepended to key names in messages (e.g.
+    ``"model."`` when ``data`` is one section)."""
+    if unknown not in ("error", "warn"):
+        raise ValueError(f"unknown must be 'error' or 'warn', got {unknown!r}")
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a mapping of keys, got {type(data).__name__}")
-    return _build(cls, data)
+    lenient = (source or "stored config") if unknown == "warn" else ""
+    return _build(cls, data, prefix=prefix, lenient=lenient)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -22,3 +22,15 @@ class DataError(SpapError):
 
 class CheckpointError(SpapError):
     """A checkpoint that cannot be read (missing, truncated, untrusted, wrong kind)."""
+
+
+class NonFiniteLossError(SpapError):
+    """A loss, a gradient or the weights became NaN or Inf during training."""
+
+
+class Preempted(SpapError):
+    """The run was stopped by SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from spap.apps.demo import MARKER, PARTS, _prepare_out, plan_demo
 from spap.cli import main
-from spap.demo import MARKER, PARTS, _prepare_out, plan_demo
 from spap.errors import SpapError
 
 

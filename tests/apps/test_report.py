@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from spap.viz.report import Report, format_value, html_table, line_chart_svg, read_scalars
+from spap.apps.report import Report, format_value, html_table, line_chart_svg, read_scalars
 
 
 def test_format_value() -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from torch.utils.data import DistributedSampler
 
-from spap.data.sampler import EpochSampler, derive_seed, item_generator
+from spap.data.sampler import EpochSampler, item_generator
+from spap.seeds import derive_seed
 
 
 def test_yields_epoch_index_pairs_and_shuffles_per_epoch() -> None:

@@ -111,7 +111,8 @@ def aligned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def segnet_ckpt(aligned_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small seg net trained briefly on the toy scenes."""
-    from spap.eval.segnet import train_segnet
+    from spap.eval.fcn import evaluate_segnet
+    from spap.train.segnet import train_segnet
 
     out = tmp_path_factory.mktemp("segnet")
     return train_segnet(
@@ -124,4 +125,5 @@ def segnet_ckpt(aligned_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         batch_size=8,
         width=8,
         device="cpu",
+        score=evaluate_segnet,
     )

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spap.data.labels import nearest_palette
 from spap.errors import SpapError
 from spap.eval.fcn import fcn_score, write_json
-from spap.eval.segmentation import nearest_palette
 
 from .conftest import TOY_CLASSES, TOY_PHOTO
 

@@ -108,7 +108,12 @@ def test_statistics_cache_is_reused(
     ours, inception_weights, image_dirs, cache_dir, monkeypatch
 ) -> None:
     a, b = image_dirs
-    assert any(p.name.endswith(".pt") and "-stat-fid-" in p.name for p in cache_dir.iterdir())
+    entries = sorted(p.name for p in cache_dir.iterdir())
+    assert any(n.endswith(f".fid-stats-{LAYER}.pt") for n in entries)
+    assert any(n.endswith(f".features-{LAYER}.pt") for n in entries)
+    assert not any("-stat-fid-" in n or "-features-" in n for n in entries)  # not torch-fidelity's
+    for p in cache_dir.iterdir():  # plain tensors only: loadable weights-only, no globals
+        assert torch.load(p, weights_only=True)["format"] == "spap-fidelity-cache"
     calls = []
     real_fn = torch_fidelity.utils.get_featuresdict_from_dataset
     monkeypatch.setattr(

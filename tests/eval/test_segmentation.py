@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from spap.eval.segmentation import (
-    ConfusionMatrix,
+from spap.data.labels import (
     LabelSpace,
     cityscapes_label_to_train_ids,
-    format_scores_table,
     get_label_space,
     nearest_palette,
+)
+from spap.eval.segmentation import (
+    ConfusionMatrix,
+    format_scores_table,
     score_labels,
     scores_from_confusion,
 )

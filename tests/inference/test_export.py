@@ -89,11 +89,23 @@ def test_safetensors_round_trip(ckpt, tmp_path) -> None:
     with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as f:
         meta = f.metadata()
         keys = set(f.keys())  # noqa: SIM118
-    assert meta["format"] == "spap-cyclegan-generator" and meta["direction"] == "AtoB"
-    assert json.loads(meta["config"])["model"]["attention"] == "spap"
+    assert meta["format"] == "spap-generator" and meta["kind"] == "cyclegan"
+    assert meta["direction"] == "AtoB" and meta["sha256"].startswith("sha256:")
+    # only the model section travels with the weights, not the training config
+    assert json.loads(meta["model"])["attention"] == "spap" and "config" not in meta
     assert "attention.block_1.gamma" in keys
     t = Translator.from_checkpoint(tmp_path / "g.safetensors", device="cpu")
     assert list(t.generators) == ["AtoB"]
+
+
+def test_safetensors_damage_is_detected(ckpt, tmp_path) -> None:
+    out = tmp_path / "g.safetensors"
+    export_generator(ckpt, "safetensors", out, size=16)
+    data = bytearray(out.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's bytes
+    out.write_bytes(bytes(data))
+    with pytest.raises(SpapError, match="digest mismatch"):
+        Translator.from_checkpoint(out, device="cpu")
 
 
 def test_spectral_norm_is_baked(tmp_path) -> None:

@@ -13,8 +13,8 @@ from spap.cli import main as cli
 from spap.config import from_dict, to_dict
 from spap.errors import CheckpointError, SpapError
 from spap.inference.translate import Translator, pad_to_multiple
+from spap.systems.cyclegan import CycleGANConfig, build_networks
 from spap.train.checkpoint import FORMAT, VERSION, save_checkpoint
-from spap.train.cyclegan import CycleGANConfig, build_networks
 
 SPAP = {
     "attention": "spap",

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from reference.cyclegan import RefNLayerDiscriminator, RefResnetGenerator, randomise
 from spap.errors import CheckpointError, ConfigError
+from spap.layers import record_attention
 from spap.models.cyclegan import (
     CycleGANModelConfig,
     build_discriminator,
@@ -29,104 +31,13 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-# --------------------------------------------------------------------- a reference-layout copy
-# Built here from the published layer order of the reference ResnetGenerator /
-# NLayerDiscriminator (nn.Sequential "model", ResnetBlock "conv_block"), so that the key
-# layout ("model.10.conv_block.1.weight") and the forward are the reference's.
-
-
-class RefBlock(nn.Module):
-    def __init__(self, dim: int, norm, dropout: bool, bias: bool) -> None:
-        super().__init__()
-        layers = [
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, bias=bias),
-            norm(dim),
-            nn.ReLU(True),
-        ]
-        if dropout:
-            layers.append(nn.Dropout(0.5))
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm(dim)]
-        self.conv_block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-def _norm(kind: str):
-    if kind == "batch":
-        return nn.BatchNorm2d
-    return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
-
-
-class RefGenerator(nn.Module):
-    def __init__(self, in_nc=3, out_nc=3, ngf=8, n_blocks=3, norm="instance", dropout=False):
-        super().__init__()
-        nl, bias = _norm(norm), norm == "instance"
-        m = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), nl(ngf), nn.ReLU(True)]
-        for i in range(2):
-            c = ngf * 2**i
-            m += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), nl(2 * c), nn.ReLU(True)]
-        m += [RefBlock(ngf * 4, nl, dropout, bias) for _ in range(n_blocks)]
-        for i in range(2):
-            c = ngf * 2 ** (2 - i)
-            m += [
-                nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                nl(c // 2),
-                nn.ReLU(True),
-            ]
-        m += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
-        self.model = nn.Sequential(*m)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefDiscriminator(nn.Module):
-    def __init__(self, in_nc=3, ndf=8, n_layers=3, norm="instance"):
-        super().__init__()
-        nl, bias = _norm(norm), norm == "instance"
-        s = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers):
-            prev, mult = mult, min(2**n, 8)
-            s += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=bias),
-                nl(ndf * mult),
-                nn.LeakyReLU(0.2, True),
-            ]
-        prev, mult = mult, min(2**n_layers, 8)
-        s += [
-            nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=bias),
-            nl(ndf * mult),
-            nn.LeakyReLU(0.2, True),
-        ]
-        s += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
-        self.model = nn.Sequential(*s)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-def _randomise(m: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-        for name, b in m.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-    return m.eval()
-
-
 # --------------------------------------------------------------------- shapes / counts
 
 
 @pytest.mark.parametrize("n_blocks", [6, 9])
 def test_generator_matches_reference_param_count_full_size(n_blocks: int) -> None:
     ours = build_generator(CycleGANModelConfig(n_blocks=n_blocks))
-    ref = RefGenerator(ngf=64, n_blocks=n_blocks)
+    ref = RefResnetGenerator(ngf=64, n_blocks=n_blocks)
     assert n_params(ours) == n_params(ref)
     # the published figures: 7.84M (6 blocks), 11.38M (9 blocks)
     assert n_params(ours) == {6: 7_837_699, 9: 11_378_179}[n_blocks]
@@ -134,7 +45,7 @@ def test_generator_matches_reference_param_count_full_size(n_blocks: int) -> Non
 
 def test_discriminator_matches_reference_param_count() -> None:
     ours = build_discriminator(CycleGANModelConfig())
-    assert n_params(ours) == n_params(RefDiscriminator(ndf=64)) == 2_764_737
+    assert n_params(ours) == n_params(RefNLayerDiscriminator(ndf=64)) == 2_764_737
 
 
 def test_shapes() -> None:
@@ -185,8 +96,9 @@ def test_generator_placement(places, slots, kind) -> None:
     g = build_generator(cfg(attention=kind, g_attention_at=places, g_attention_options=opts))
     assert list(g.attention.keys()) == slots
     x = torch.randn(1, 3, 32, 32)
-    y, maps = g.forward_with_attention(x)
-    assert y.shape == x.shape and set(maps) == set(slots)
+    with record_attention(g) as maps:
+        y = g(x)
+    assert y.shape == x.shape and set(maps) == {f"attention.{s}" for s in slots}
     # gamma = 0: every unit is the identity, so G equals the plain G with the same weights
     plain = build_generator(cfg())
     report = load_weights(plain, g.state_dict())
@@ -203,8 +115,10 @@ def test_unit_widths_follow_slot() -> None:
     assert [g.attention[s].channels for s in ("down_0", "block_2", "up_1")] == [16, 32, 8]
     d = build_discriminator(cfg(attention="spap", d_attention_at=[0, 2, 3]))
     assert [d.attention[s].channels for s in ("layer_0", "layer_2", "layer_3")] == [8, 32, 64]
-    y, maps = d.forward_with_attention(torch.randn(1, 3, 32, 32))
-    assert y.shape == (1, 1, 2, 2) and set(maps) == {"layer_0", "layer_2", "layer_3"}
+    with record_attention(d) as maps:
+        y = d(torch.randn(1, 3, 32, 32))
+    assert y.shape == (1, 1, 2, 2)
+    assert set(maps) == {"attention.layer_0", "attention.layer_2", "attention.layer_3"}
 
 
 def test_units_use_host_factory() -> None:
@@ -233,7 +147,7 @@ def test_placement_errors(kw, match) -> None:
 
 def test_attention_none_ignores_places() -> None:
     g = build_generator(cfg(g_attention_at=["trunk_end"]))
-    assert len(g.attention) == 0 and n_params(g) == n_params(RefGenerator(ngf=8, n_blocks=3))
+    assert len(g.attention) == 0 and n_params(g) == n_params(RefResnetGenerator(ngf=8, n_blocks=3))
 
 
 def test_attention_options_validated() -> None:
@@ -262,19 +176,19 @@ def test_mapping_config() -> None:
         dict(n_blocks=2, dropout=True),
         dict(n_blocks=2, norm="batch"),
         dict(n_blocks=0),
-        dict(n_blocks=2, in_nc=1, out_nc=3),
+        dict(n_blocks=2, input_nc=1, output_nc=3),
     ],
 )
 def test_reference_generator_converts_exactly(kw) -> None:
-    ref = _randomise(RefGenerator(ngf=8, **kw))
+    ref = randomise(RefResnetGenerator(ngf=8, **kw))
     g = load_reference_generator(ref.state_dict()).eval()
-    x = torch.randn(2, kw.get("in_nc", 3), 32, 24)
+    x = torch.randn(2, kw.get("input_nc", 3), 32, 24)
     torch.testing.assert_close(g(x), ref(x), rtol=0, atol=1e-5)
     assert n_params(g) == n_params(ref)
 
 
 def test_reference_generator_file_and_checks(tmp_path) -> None:
-    ref = _randomise(RefGenerator(ngf=8, n_blocks=3))
+    ref = randomise(RefResnetGenerator(ngf=8, n_blocks=3))
     sd = ref.state_dict()
     # old reference checkpoints: instance-norm running stats and DataParallel prefix
     sd = {f"module.{k}": v for k, v in sd.items()}
@@ -293,7 +207,7 @@ def test_reference_generator_file_and_checks(tmp_path) -> None:
 
 
 def test_spap_generator_from_reference_is_unchanged() -> None:
-    ref = _randomise(RefGenerator(ngf=8, n_blocks=3))
+    ref = randomise(RefResnetGenerator(ngf=8, n_blocks=3))
     mc = cfg(
         attention="spap",
         g_attention_at=["block:0", "trunk_end"],
@@ -322,7 +236,7 @@ def test_load_weights_report() -> None:
 
 @pytest.mark.parametrize("kw", [dict(n_layers=3), dict(n_layers=2, norm="batch"), dict(n_layers=1)])
 def test_reference_discriminator_converts_exactly(kw) -> None:
-    ref = _randomise(RefDiscriminator(ndf=8, **kw))
+    ref = randomise(RefNLayerDiscriminator(ndf=8, **kw))
     state, arch = convert_reference_discriminator(ref.state_dict())
     assert arch["n_layers_d"] == kw["n_layers"]
     d = load_reference_discriminator(ref.state_dict()).eval()
@@ -332,6 +246,6 @@ def test_reference_discriminator_converts_exactly(kw) -> None:
 
 def test_convert_reports_architecture() -> None:
     _, arch = convert_reference_generator(
-        RefGenerator(ngf=8, n_blocks=2, dropout=True).state_dict()
+        RefResnetGenerator(ngf=8, n_blocks=2, dropout=True).state_dict()
     )
     assert arch == dict(ngf=8, n_blocks=2, norm="instance", dropout=True, input_nc=3, output_nc=3)

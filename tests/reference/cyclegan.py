@@ -1,6 +1,7 @@
-"""A minimal, faithful re-implementation of the reference CycleGAN training iteration.
+"""The reference CycleGAN, re-implemented as a test oracle (the one copy in the tests).
 
-The baseline of ``benchmarks/perf_cyclegan.py``: what the widely used PyTorch reference
+Networks (with the reference's ``norm`` and ``use_dropout`` options) and one training
+iteration: what the widely used PyTorch reference
 (junyanz/pytorch-CycleGAN-and-pix2pix, ``CycleGANModel.optimize_parameters`` with the
 ``resnet_{6,9}blocks`` generator and the ``basic`` PatchGAN) does per iteration, written
 from its description, with the same modules in the same order (so its state dicts have the
@@ -33,51 +34,66 @@ import torch
 from torch import nn
 
 
-def _norm(channels: int) -> nn.Module:
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+def _norm_layer(kind: str):
+    """The reference's ``get_norm_layer``: batch norm (affine, running statistics) or instance
+    norm (no affine parameters, no running statistics)."""
+    if kind == "batch":
+        return nn.BatchNorm2d
+    return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
 
 
 class RefResnetBlock(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, norm: str = "instance", dropout: bool = False) -> None:
         super().__init__()
-        self.conv_block = nn.Sequential(
+        nl, bias = _norm_layer(norm), norm == "instance"
+        layers: list[nn.Module] = [
             nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0, bias=True),
-            _norm(dim),
+            nn.Conv2d(dim, dim, 3, padding=0, bias=bias),
+            nl(dim),
             nn.ReLU(True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0, bias=True),
-            _norm(dim),
-        )
+        ]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=bias), nl(dim)]
+        self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
 
 
 class RefResnetGenerator(nn.Module):
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9):
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        dropout: bool = False,
+    ):
         super().__init__()
+        nl, bias = _norm_layer(norm), norm == "instance"
         model: list[nn.Module] = [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(input_nc, ngf, 7, padding=0, bias=True),
-            _norm(ngf),
+            nn.Conv2d(input_nc, ngf, 7, padding=0, bias=bias),
+            nl(ngf),
             nn.ReLU(True),
         ]
         for i in range(2):
             mult = 2**i
             model += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=True),
-                _norm(ngf * mult * 2),
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
+                nl(ngf * mult * 2),
                 nn.ReLU(True),
             ]
-        model += [RefResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        model += [RefResnetBlock(ngf * 4, norm, dropout) for _ in range(n_blocks)]
         for i in range(2):
             mult = 2 ** (2 - i)
             model += [
                 nn.ConvTranspose2d(
-                    ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=True
+                    ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=bias
                 ),
-                _norm(ngf * mult // 2),
+                nl(ngf * mult // 2),
                 nn.ReLU(True),
             ]
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
@@ -88,8 +104,11 @@ class RefResnetGenerator(nn.Module):
 
 
 class RefNLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3) -> None:
+    def __init__(
+        self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"
+    ) -> None:
         super().__init__()
+        nl, bias = _norm_layer(norm), norm == "instance"
         seq: list[nn.Module] = [
             nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2, True),
@@ -98,14 +117,14 @@ class RefNLayerDiscriminator(nn.Module):
         for n in range(1, n_layers):
             prev, mult = mult, min(2**n, 8)
             seq += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1, bias=True),
-                _norm(ndf * mult),
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1, bias=bias),
+                nl(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
         prev, mult = mult, min(2**n_layers, 8)
         seq += [
-            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=True),
-            _norm(ndf * mult),
+            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=bias),
+            nl(ndf * mult),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
         ]
@@ -123,6 +142,20 @@ def ref_init(net: nn.Module, gain: float = 0.02) -> nn.Module:
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0.0)
     return net
+
+
+def randomise(m: nn.Module) -> nn.Module:
+    """Random weights and norm statistics (eval mode), so conversions are tested on more
+    than an initialisation."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+        for name, b in m.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0, 0.1)
+    return m.eval()
 
 
 class RefGANLoss(nn.Module):
@@ -274,4 +307,4 @@ class RefCycleGAN:
         self.set_input(batch)
         self.optimize_parameters()
         names = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"]
-        return {n: float(getattr(self, f"loss_{n}")) for n in names}
+        return {n: float(getattr(self, f"loss_{n}").detach()) for n in names}

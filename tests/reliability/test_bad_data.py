@@ -16,7 +16,7 @@ from toytask import CliToyTask
 from spap.cli import main as cli_main
 from spap.errors import DataError
 from spap.train.checkpoint import load_checkpoint
-from spap.train.runner import run
+from spap.train.loop import run
 
 
 @pytest.fixture

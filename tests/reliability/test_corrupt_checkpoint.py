@@ -10,20 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
+import toytask
 from relutil import image_folder, toy_cfg
 from toytask import CliToyTask
 
+import spap.systems
 from spap.cli import main as cli_main
 from spap.errors import CheckpointError
 from spap.train import registry
 from spap.train.checkpoint import list_checkpoints, load_checkpoint, state_digest
-from spap.train.runner import run
+from spap.train.loop import run
 
 
 @pytest.fixture
 def toy_cli(monkeypatch: pytest.MonkeyPatch):
     """``spap train gan`` runs the toy task in this process."""
     monkeypatch.setitem(registry.TASKS, "gan", "toytask:CliToyTask")
+    monkeypatch.setitem(spap.systems.SYSTEMS, "gan", toytask.CLI_TOY_SYSTEM)
     return cli_main
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import toytask
 from relutil import image_folder, toy_cfg
 from toytask import CliToyTask
 
+import spap.systems
 from spap.cli import main as cli_main
 from spap.errors import CheckpointError
 from spap.train import registry
 from spap.train.checkpoint import list_checkpoints, load_checkpoint
-from spap.train.runner import run
+from spap.train.loop import run
 
 
 class _FullDisk:
@@ -72,6 +74,7 @@ def test_disk_full_through_the_command_line(
     data = image_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
     monkeypatch.setitem(registry.TASKS, "gan", "toytask:CliToyTask")
+    monkeypatch.setitem(spap.systems.SYSTEMS, "gan", toytask.CLI_TOY_SYSTEM)
     monkeypatch.setattr(torch, "save", _FullDisk(ok_calls=2))
     code = cli_main(["train", "gan", "--data", str(data), "--out", str(run_dir), "--steps", "9",
                      "run.checkpoint_every=3", "run.num_workers=0"])  # fmt: skip

@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 import torch
+import toytask
 from relutil import image_folder, toy_cfg, weights
 from toytask import CliToyTask
 
+import spap.systems
 from spap.cli import main as cli_main
+from spap.errors import NonFiniteLossError
 from spap.train import registry
 from spap.train.checkpoint import list_checkpoints, load_checkpoint
-from spap.train.runner import NonFiniteLossError, run
+from spap.train.loop import run
 
 CASES = [("loss", "nan"), ("loss", "inf"), ("grad", "nan"), ("grad", "inf")]
 
@@ -94,6 +97,7 @@ def test_stop_through_the_command_line(
 ) -> None:
     data = image_folder(tmp_path / "data")
     monkeypatch.setitem(registry.TASKS, "gan", "toytask:CliToyTask")
+    monkeypatch.setitem(spap.systems.SYSTEMS, "gan", toytask.CLI_TOY_SYSTEM)
     code = cli_main(["train", "gan", "--data", str(data), "--out", str(tmp_path / "run"),
                      "--steps", "10", "run.checkpoint_every=3", "train.bad_at=7"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
@@ -118,6 +122,6 @@ def test_stop_through_the_command_line(
     ],
 )
 def test_finite_check_catches_every_non_finite_value(tensors, expected):
-    from spap.train.runner import _all_finite_tensors
+    from spap.train.context import all_finite as _all_finite_tensors
 
     assert _all_finite_tensors(tensors) is expected

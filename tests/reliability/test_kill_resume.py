@@ -19,7 +19,7 @@ from spap.train.checkpoint import (
     load_for_resume,
     resolve_checkpoint,
 )
-from spap.train.runner import run
+from spap.train.loop import run
 
 #: Big checkpoints (1M extra parameters + Adam state = 12 MB) written at every step, so a
 #: kill often lands inside a write.

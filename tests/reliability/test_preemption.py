@@ -10,8 +10,10 @@ import signal
 from pathlib import Path
 
 import pytest
+import toytask
 from relutil import CYCLEGAN_TINY, GAN_TINY, Proc, assert_same_weights, image_folder
 
+import spap.systems
 from spap.cli import main as cli_main
 from spap.train import registry
 from spap.train.checkpoint import list_checkpoints, load_checkpoint
@@ -54,6 +56,7 @@ def test_signal_saves_a_checkpoint_at_the_next_step_and_exits(
 
     # ... and the run continues from there (in this process).
     monkeypatch.setitem(registry.TASKS, "gan", "toytask:CliToyTask")
+    monkeypatch.setitem(spap.systems.SYSTEMS, "gan", toytask.CLI_TOY_SYSTEM)
     with caplog.at_level(logging.INFO):
         code = cli_main(["train", "gan", "--data", str(data), "--out", str(run_dir), "--resume",
                          "--steps", str(step + 2), "train.sleep=0", "run.num_workers=0"])  # fmt: skip

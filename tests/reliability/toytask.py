@@ -18,7 +18,9 @@ from torch import nn
 
 from spap.config import RunConfig, option
 from spap.errors import ConfigError
-from spap.train.runner import RunContext, Task
+from spap.systems import System
+from spap.train.context import RunContext
+from spap.train.task import Task
 
 #: Every task built in this process, newest last (in-process tests inspect ``seen``).
 INSTANCES: list[ToyTask] = []
@@ -50,6 +52,7 @@ class ToyTrain:
     bad_at: int = option(-1, "step whose loss (or gradient) is made non-finite")
     bad_value: str = option("nan", "nan | inf", choices=("nan", "inf"))
     bad_where: str = option("loss", "loss | grad", choices=("loss", "grad"))
+    clip_grad_norm: float | None = option(None, "clip gradients to this global L2 norm", min=0.0)
 
 
 @dataclasses.dataclass
@@ -59,6 +62,16 @@ class ToyConfig:
     train: ToyTrain = option(default_factory=ToyTrain)
 
 
+def toy_net(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.Tanh(), nn.Conv2d(width, 3, 3, padding=1)
+    )
+
+
+def apply_size(cfg_dict: dict[str, Any], size: int) -> None:
+    cfg_dict.setdefault("data", {})["size"] = size
+
+
 class ToyTask(Task):
     kind = "toy"
     config_class = ToyConfig
@@ -66,20 +79,13 @@ class ToyTask(Task):
     def __init__(self, cfg: ToyConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
         tc = cfg.train
-        w = tc.width
-        self.net = ctx.prepare(
-            nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.Tanh(), nn.Conv2d(w, 3, 3, padding=1))
-        )
+        self.net = ctx.prepare(toy_net(tc.width))
         self.ballast = nn.Parameter(torch.zeros(tc.ballast, device=ctx.device))
         params = [*self.net.parameters()] + ([self.ballast] if tc.ballast else [])
         self.opt = torch.optim.Adam(params, lr=tc.lr)
         self.batch_size = tc.batch_size
         self.seen: list[str] = []  # image paths used, in order (in-process tests read it)
         INSTANCES.append(self)
-
-    @staticmethod
-    def apply_size(cfg_dict: dict[str, Any], size: int) -> None:
-        cfg_dict.setdefault("data", {})["size"] = size
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         from spap.data import ImageFolderDataset
@@ -114,7 +120,7 @@ class ToyTask(Task):
                 w = next(self.net.parameters())
                 zero = 0 * w.sum() if tc.bad_value == "nan" else (w - w.detach()).sum()
                 loss = loss + zero.sqrt()  # nan: d/dw = inf * 0; inf: d/dw = inf * 1
-        self.ctx.optimize(loss, self.opt, "loss_rec")
+        self.ctx.optimize(loss, self.opt, "loss_rec", max_norm=tc.clip_grad_norm)
         return {"rec": float(loss.detach())}
 
     def state_dict(self) -> dict[str, Any]:
@@ -135,3 +141,14 @@ class CliToyTask(ToyTask):
     """The toy task under the name ``spap train gan`` uses (see ``toyrun.py``)."""
 
     kind = "gan"
+
+
+#: The toy's config schema under the name ``gan``, for the command line (see ``toyrun.py``):
+#: register it in :data:`spap.systems.SYSTEMS` next to ``CliToyTask`` in the task registry.
+CLI_TOY_SYSTEM = System(
+    kind="gan",
+    config_class=ToyConfig,
+    model_config_class=ToyTrain,
+    apply_size=apply_size,
+    build_networks=lambda model: {"net": toy_net(model.width)},
+)

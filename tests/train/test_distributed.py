@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from test_runner import _cfg, _Toy  # the toy task of the loop tests
 
-    from spap.train.runner import run
+    from spap.train.loop import run
 
     run(_Toy, _cfg(steps=6, train={"batch_size": 2, "noise": 0.0}), out)
 
@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_processes_match_one(tmp_path: Path) -> None:
     from test_runner import _cfg, _Toy
 
-    from spap.train.runner import run
+    from spap.train.loop import run
 
     run(_Toy, _cfg(steps=6, train={"batch_size": 4, "noise": 0.0}), tmp_path / "one")
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)

@@ -16,11 +16,12 @@ from spap.cli import main as cli_main
 from spap.config import CONFIG_DIR, from_dict, load_config, merge, read_yaml
 from spap.data.datasets import ImageFolderDataset
 from spap.errors import ConfigError
+from spap.systems.gan import GANConfig, apply_size
 from spap.train.checkpoint import load_checkpoint
+from spap.train.context import RunContext
 from spap.train.distributed import env_info
 from spap.train.ema import EMA
-from spap.train.gan import GANConfig, GANTask
-from spap.train.runner import RunContext
+from spap.train.gan import GANTask
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_ema_math() -> None:
 
 def test_apply_size_moves_attention_with_the_resolution() -> None:
     d: dict[str, Any] = {"model": {"g_attention": {64: "spap"}, "d_attention": {"64": "sagan"}}}
-    GANTask.apply_size(d, 32)
+    apply_size(d, 32)
     assert d["model"]["resolution"] == 32 and d["data"]["size"] == 32
     assert d["model"]["g_attention"] == {16: "spap"} and d["model"]["d_attention"] == {16: "sagan"}
     cfg = from_dict(GANConfig, d)
@@ -179,7 +180,7 @@ def test_shipped_configs_load_and_shrink(name: str) -> None:
         assert cfg.model.spap_options["order"] == order
     # --size 32 (smoke runs) keeps a valid config
     data = read_yaml(f"gan/{name}.yaml")
-    GANTask.apply_size(data, 32)
+    apply_size(data, 32)
     small = from_dict(GANConfig, data)
     assert small.model.resolution == 32
 

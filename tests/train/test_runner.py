@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from spap.config import RunConfig, from_dict, option
-from spap.errors import ConfigError
+from spap.errors import ConfigError, NonFiniteLossError
 from spap.train.checkpoint import list_checkpoints, load_checkpoint
-from spap.train.runner import NonFiniteLossError, RunContext, Task, run
+from spap.train.context import RunContext
+from spap.train.loop import run
+from spap.train.task import Task
 
 
 class _Data(torch.utils.data.Dataset):
@@ -174,3 +176,34 @@ def test_cudnn_benchmark_follows_the_config_on_cuda_devices_only() -> None:
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def test_warnings_print_on_their_own_line_above_the_progress_bar(tmp_path: Path) -> None:
+    """A warning logged while the bar is shown clears the bar's line first instead of
+    gluing onto it (the bar is drawn again below)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from pathlib import Path
+        from spap.config import RunConfig
+        from spap.train.logger import ProgressLogger
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        with ProgressLogger(Path(sys.argv[1]), RunConfig(), 4, 0, enabled=True) as logger:
+            for step in range(1, 5):
+                logger.step(step, {"loss": 1.0}, 1)
+                if step == 2:
+                    logging.getLogger("spap.test").warning("odd step")
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.split("\n") if "odd step" in line]
+    assert len(lines) == 1 and "train:" in res.stderr, res.stderr
+    assert lines[0].split("\r")[-1] == "WARNING odd step", repr(lines[0])

@@ -109,10 +109,10 @@ def cyclegan_config(
 ) -> Any:
     """The demo's CycleGAN config: ``configs/cyclegan/scenes_spap.yaml`` at ``plan.size``."""
     from spap.config import from_dict, merge, read_yaml
-    from spap.train.cyclegan import CycleGANConfig, CycleGANTask
+    from spap.systems.cyclegan import CycleGANConfig, apply_size
 
     data = read_yaml(DEMO_CONFIG)
-    CycleGANTask.apply_size(data, plan.size)
+    apply_size(data, plan.size)
     total = steps or 1
     epochs = max(1, math.ceil(total / plan.n_train))
     # constant learning rate for the first half of the epochs, linear decay over the rest
@@ -149,11 +149,12 @@ def probe_cyclegan(cfg: Any) -> float:
     throw-away copy of the networks)."""
     from torch.utils.data import default_collate
 
+    from spap.devices import pick_device
     from spap.train import distributed as D
+    from spap.train.context import RunContext
     from spap.train.cyclegan import CycleGANTask
-    from spap.train.runner import RunContext
 
-    device = D.pick_device(cfg.run.device)
+    device = pick_device(cfg.run.device)
     task = CycleGANTask(cfg, RunContext(cfg.run, device, D.env_info()))
     ds = task.build_dataset()
     batch = default_collate([ds[(0, i)] for i in range(task.batch_size)])
@@ -163,8 +164,8 @@ def probe_cyclegan(cfg: Any) -> float:
 
 def probe_segnet(size: int, num_classes: int, device: str) -> float:
     """Seconds per training step of the small segmentation net (batch 16)."""
-    from spap.eval.segnet import build_segnet
-    from spap.train.distributed import pick_device
+    from spap.devices import pick_device
+    from spap.models.segnet import build_segnet
 
     dev = pick_device(device)
     size = math.ceil(size / 8) * 8  # the small net pools three times; train_segnet rounds so too
@@ -187,8 +188,8 @@ def probe_segnet(size: int, num_classes: int, device: str) -> float:
 
 def _test_batch(data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` aligned test pairs: labels (A), photos (B) in [-1, 1], gt ids."""
-    from spap.eval.pairs import AlignedPairs, to_tensor
-    from spap.eval.segmentation import get_label_space
+    from spap.data.labels import get_label_space
+    from spap.data.pairs import AlignedPairs, to_tensor
 
     pairs = AlignedPairs(data_root, get_label_space("scenes"), "test", "A")
     items = [pairs[i] for i in range(min(n, len(pairs)))]
@@ -199,7 +200,7 @@ def _test_batch(data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def _colorize(ids: torch.Tensor) -> torch.Tensor:
-    from spap.eval.segmentation import get_label_space
+    from spap.data.labels import get_label_space
 
     rgb = get_label_space("scenes").colorize(ids.cpu().numpy())  # (N, H, W, 3) uint8
     return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -228,9 +229,9 @@ def build_report(
     num_visuals: int = 8,
 ) -> Path:
     """``out/index.html`` of a trained demo run (see the module doc)."""
-    from spap.eval.segnet import predict_ids
-    from spap.inference.translate import overlay
-    from spap.viz.report import Report, read_scalars
+    from spap.apps.report import Report, read_scalars
+    from spap.models.segnet import predict_ids
+    from spap.viz.attention import overlay
 
     labels, photos, ids = _test_batch(data_root, num_visuals)
     fake_B, maps_A = translator.translate_with_attention(labels, "AtoB")
@@ -334,7 +335,7 @@ def build_report(
 
 
 def _nearest_ids(images: torch.Tensor) -> torch.Tensor:
-    from spap.eval.segmentation import get_label_space, nearest_palette
+    from spap.data.labels import get_label_space, nearest_palette
 
     space = get_label_space("scenes")
     rgb = ((images.clamp(-1, 1) + 1) * 127.5).round()
@@ -387,12 +388,13 @@ def _run_demo(
     out: Path, minutes: float, size: int, seed: int, device: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     from spap.config import to_dict
+    from spap.devices import pick_device
     from spap.eval.fcn import fcn_score
-    from spap.eval.segnet import load_segnet, train_segnet
     from spap.inference.translate import Translator
+    from spap.models.segnet import load_segnet
     from spap.train.cyclegan import CycleGANTask
-    from spap.train.distributed import pick_device
-    from spap.train.runner import run
+    from spap.train.loop import run
+    from spap.train.segnet import train_segnet
 
     t_start = time.perf_counter()
     plan = plan_demo(minutes, size)

@@ -66,6 +66,24 @@ def parse_args(
     return args
 
 
+#: Optional packages -> the extra that installs them (pyproject.toml).
+EXTRAS = {
+    "tensorboard": "train",
+    "torch_fidelity": "eval",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "export",
+}
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """``"... needs torch-fidelity: pip install 'spap[eval]'"`` for an optional package."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return f"this needs {top.replace('_', '-')}, which is not installed: pip install 'spap[{EXTRAS[top]}]'"
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -93,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
     except SpapError as exc:
         print(f"spap {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        hint = _missing_extra(exc)
+        if hint is None or args.verbose:
+            raise
+        print(f"spap {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except OSError as exc:  # missing/unwritable files, full disk: the user's environment
         if args.verbose:

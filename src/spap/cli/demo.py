@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from spap.demo import run_demo
+    from spap.apps.demo import run_demo
 
     run_demo(
         args.out,

@@ -276,7 +276,7 @@ def stats_main(args: argparse.Namespace) -> int:
 def fcn_main(args: argparse.Namespace) -> int:
     from spap.eval.fcn import fcn_score
     from spap.eval.segmentation import format_scores_table
-    from spap.eval.segnet import load_segnet
+    from spap.models.segnet import load_segnet
 
     segnet = None
     if args.segnet:

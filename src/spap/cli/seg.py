@@ -83,9 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from spap.eval.segnet import load_segnet, train_segnet
+    from spap.eval.fcn import evaluate_segnet
+    from spap.models.segnet import load_segnet
+    from spap.train.segnet import train_segnet
 
-    logging.getLogger("spap.eval.segnet").setLevel(logging.INFO)
+    logging.getLogger("spap.train.segnet").setLevel(logging.INFO)
     path = train_segnet(
         args.data,
         args.out,
@@ -104,6 +106,7 @@ def train_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_images=args.max_images,
         log_every=max(1, args.steps // 10),
+        score=evaluate_segnet,
     )
     _, cfg = load_segnet(path)
     print(
@@ -119,9 +122,11 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from spap.eval.pairs import AlignedPairs
-    from spap.eval.segmentation import format_scores_table, get_label_space
-    from spap.eval.segnet import evaluate_segnet, load_segnet
+    from spap.data.labels import get_label_space
+    from spap.data.pairs import AlignedPairs
+    from spap.eval.fcn import evaluate_segnet
+    from spap.eval.segmentation import format_scores_table
+    from spap.models.segnet import load_segnet
 
     model, cfg = load_segnet(
         args.segnet, arch=args.segnet_arch, num_classes=args.num_classes, palette=args.palette

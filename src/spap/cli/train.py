@@ -44,9 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def build_config(
-    task_cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None
-) -> Any:
+def build_config(system: Any, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
     """Schema defaults <- --config file (or the resumed run's config) <- flags <- key=value."""
     from spap.config import from_dict, merge, parse_overrides, read_yaml
 
@@ -54,7 +52,7 @@ def build_config(
     if args.config:
         data = merge(data, read_yaml(args.config))
     if args.size is not None:
-        task_cls.apply_size(data, args.size)
+        system.apply_size(data, args.size)
     flags: dict[str, Any] = {}
     if args.data is not None:
         flags.setdefault("data", {})["root"] = str(args.data)
@@ -63,7 +61,7 @@ def build_config(
     if args.seed is not None:
         flags.setdefault("run", {})["seed"] = args.seed
     data = merge(merge(data, flags), parse_overrides(args.overrides))
-    return from_dict(task_cls.config_class, data)
+    return from_dict(system.config_class, data)
 
 
 def _check_writable(out: Path) -> None:
@@ -84,9 +82,11 @@ def _check_writable(out: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from spap.errors import Preempted
+    from spap.systems import get_system
     from spap.train.checkpoint import list_checkpoints, load_for_resume
+    from spap.train.loop import run
     from spap.train.registry import get_task
-    from spap.train.runner import Preempted, run
 
     task_cls = get_task(args.task)
     out = Path(args.out)
@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
         raise SpapError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    cfg = build_config(task_cls, args, base)  # validated before anything is written
+    cfg = build_config(get_system(args.task), args, base)  # validated before anything is written
     if getattr(cfg, "data", None) is not None and getattr(cfg.data, "root", None) in (None, ""):
         raise SpapError("no dataset: pass --data DIR (or set data.root)")
     _check_writable(out)

@@ -8,6 +8,10 @@ deterministic resumable sampling, and the built-in procedural street scenes.
 - :mod:`spap.data.transforms`: reference CycleGAN preprocessing options, tensor <-> image.
 - :mod:`spap.data.sampler`: :class:`EpochSampler` yielding ``(epoch, index)``.
 - :mod:`spap.data.scenes`: seeded label map / photo pairs (``spap data scenes``).
+- :mod:`spap.data.labels`: label spaces (classes, palettes, ids): :class:`LabelSpace`,
+  :func:`get_label_space`, :func:`nearest_palette`.
+- :mod:`spap.data.pairs`: :class:`AlignedPairs` (label half, photo half, ground-truth ids of
+  an aligned split) and its resizing helpers.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from spap.data.io import (
     read_image,
     scan_images,
 )
-from spap.data.sampler import EpochSampler, derive_seed, item_generator
+from spap.data.labels import (
+    IGNORE_INDEX,
+    LabelSpace,
+    cityscapes_label_to_train_ids,
+    get_label_space,
+    nearest_palette,
+)
+from spap.data.pairs import AlignedPairs, read_ids
+from spap.data.sampler import EpochSampler, item_generator
 from spap.data.scenes import (
     SCENE_CLASSES,
     SCENE_PALETTE,
@@ -52,26 +64,32 @@ from spap.data.transforms import (
 __all__ = [
     "DATASET_LAYOUTS",
     "DEFAULT_MAX_PIXELS",
+    "IGNORE_INDEX",
     "IMAGE_EXTENSIONS",
     "PREPROCESS_OPTIONS",
     "SCENE_CLASSES",
     "SCENE_PALETTE",
     "AlignedDataset",
+    "AlignedPairs",
     "EpochSampler",
     "ImageFolderDataset",
     "ImageList",
     "ImageTooLarge",
     "ImageTransform",
+    "LabelSpace",
     "TransformParams",
     "UnalignedDataset",
     "UnreadableImage",
     "build_dataset",
     "check_transform_options",
-    "derive_seed",
+    "cityscapes_label_to_train_ids",
     "detect_layout",
+    "get_label_space",
     "ids_to_rgb",
     "item_generator",
     "list_images",
+    "nearest_palette",
+    "read_ids",
     "read_image",
     "render_scene",
     "rgb_to_ids",

@@ -13,19 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["EpochSampler", "derive_seed", "item_generator"]
+from spap.seeds import derive_seed
 
-_MASK64 = (1 << 64) - 1
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys (a pure function; negative keys allowed)."""
-    state = np.random.SeedSequence([int(k) & _MASK64 for k in keys]).generate_state(1, np.uint64)
-    return int(state[0]) >> 1
+__all__ = ["EpochSampler", "item_generator"]
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:

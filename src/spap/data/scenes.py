@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spap.data.sampler import derive_seed
 from spap.errors import ConfigError, DataError
+from spap.seeds import derive_seed
 
 __all__ = [
     "MAX_SIZE",

@@ -4,11 +4,14 @@ Submodules (imported lazily, so ``import spap.eval`` stays cheap):
 
 - :mod:`spap.eval.fidelity`: FID / KID / IS through torch-fidelity, statistics cache;
 - :mod:`spap.eval.features`: feature extractors besides Inception (a trained seg net);
-- :mod:`spap.eval.segmentation`: confusion-matrix scores, label spaces, nearest palette;
-- :mod:`spap.eval.segnet`: segmentation networks, training, loading;
-- :mod:`spap.eval.fcn`: FCN-score of a translation model on an aligned test set;
-- :mod:`spap.eval.paired`: PSNR and SSIM;
-- :mod:`spap.eval.pairs`: reading aligned test pairs and ground-truth ids.
+- :mod:`spap.eval.segmentation`: confusion-matrix scores, score tables;
+- :mod:`spap.eval.fcn`: FCN-score of a translation model on an aligned test set, and of a
+  segmentation net on real photos (``evaluate_segnet``);
+- :mod:`spap.eval.paired`: PSNR and SSIM.
+
+What the scores are computed on lives in the layers above: label spaces and aligned pairs
+in :mod:`spap.data.labels` / :mod:`spap.data.pairs`, the segmentation networks in
+:mod:`spap.models.segnet`, their training in :mod:`spap.train.segnet`.
 """
 
 from __future__ import annotations
@@ -29,23 +32,14 @@ _EXPORTS = {
     "resolve_inception_weights": "fidelity",
     "SegNetFeatureExtractor": "features",
     "ConfusionMatrix": "segmentation",
-    "LabelSpace": "segmentation",
-    "get_label_space": "segmentation",
-    "nearest_palette": "segmentation",
     "score_labels": "segmentation",
     "scores_from_confusion": "segmentation",
     "format_scores_table": "segmentation",
-    "build_segnet": "segnet",
-    "load_segnet": "segnet",
-    "save_segnet": "segnet",
-    "train_segnet": "segnet",
-    "predict_ids": "segnet",
-    "evaluate_segnet": "segnet",
+    "evaluate_segnet": "fcn",
     "fcn_score": "fcn",
     "psnr": "paired",
     "ssim": "paired",
     "paired_metrics": "paired",
-    "AlignedPairs": "pairs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""FCN-score of a translation model on an aligned test set (CycleGAN paper, Cityscapes).
+"""FCN-score of a translation model on an aligned test set (CycleGAN paper, Cityscapes),
+and of a segmentation net on real photos (:func:`evaluate_segnet`).
 
 - ``labels2photo``: translate the label image to a photo, segment the generated photo with
   the segmentation net, compare with the ground-truth ids.
@@ -25,19 +26,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from spap.data.labels import get_label_space
+from spap.data.pairs import AlignedPairs, resize_ids, resize_rgb, to_tensor
+from spap.devices import pick_device
 from spap.errors import SpapError
+from spap.eval.segmentation import ConfusionMatrix
+from spap.models.segnet import load_segnet, predict_ids
 
-__all__ = ["DIRECTIONS", "fcn_score", "write_json"]
+__all__ = ["DIRECTIONS", "evaluate_segnet", "fcn_score", "write_json"]
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("labels2photo", "photo2labels", "both")
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def evaluate_segnet(
+    model: torch.nn.Module,
+    pairs: AlignedPairs,
+    net_size: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """FCN-score of real photos (the segmentation net's own accuracy, an upper bound).
+
+    ``pairs``: an :class:`~spap.data.pairs.AlignedPairs` split; photos are resized to
+    ``net_size`` (default: their own size), logits back to the ground truth's size.
+    Returns scores as :func:`~spap.eval.segmentation.scores_from_confusion`.
+    """
+    dev = pick_device("auto" if device is None else device)
+    model = model.to(dev).eval()
+    space = pairs.space
+    cm = ConfusionMatrix(space.num_classes, space.ignore_index)
+    n = len(pairs) if max_images is None else min(len(pairs), max_images)
+    for start in range(0, n, batch_size):
+        batch = [pairs[i] for i in range(start, min(n, start + batch_size))]
+        for s in batch:  # photos may differ in size: one at a time
+            x = to_tensor(resize_rgb(s["photo"], net_size))[None].to(dev)
+            pred = predict_ids(model, x, net_size, tuple(s["ids"].shape))
+            cm.update(pred[0], s["ids"])
+    return cm.scores(space.class_names)
 
 
 def fcn_score(
@@ -69,10 +97,10 @@ def fcn_score(
             a module; needed for ``labels2photo``.
         direction: ``labels2photo``, ``photo2labels`` or ``both``.
         size: translation size (square); default: the data's own half-image size.
-        palette: label space name or :class:`~spap.eval.segmentation.LabelSpace`; default:
+        palette: label space name or :class:`~spap.data.labels.LabelSpace`; default:
             the segnet's, else ``"cityscapes"``.
         labels_domain: ``"A"`` if the labels are the left half / the model's domain A.
-        gt_ids, ids_format: ground-truth id maps (see :class:`~spap.eval.pairs.AlignedPairs`).
+        gt_ids, ids_format: ground-truth id maps (see :class:`~spap.data.pairs.AlignedPairs`).
         max_images: score only the first N test pairs.
         include_real: also score the segnet on the real photos (``real_photo``).
         save_dir: if given, write the generated images there, named like the test images
@@ -86,9 +114,6 @@ def fcn_score(
     from PIL import Image
 
     from spap.eval.fidelity import to_uint8
-    from spap.eval.pairs import AlignedPairs, resize_ids, resize_rgb, to_tensor
-    from spap.eval.segmentation import ConfusionMatrix, get_label_space
-    from spap.eval.segnet import load_segnet, predict_ids
 
     if direction not in DIRECTIONS:
         raise SpapError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -96,7 +121,7 @@ def fcn_score(
         raise SpapError(f"labels_domain must be 'A' or 'B', got {labels_domain!r}")
     do_l2p = direction in ("labels2photo", "both")
     do_p2l = direction in ("photo2labels", "both")
-    dev = _device(device)
+    dev = pick_device("auto" if device is None else device)
 
     model, seg_cfg = None, {}
     if do_l2p or include_real:

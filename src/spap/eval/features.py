@@ -48,7 +48,7 @@ class SegNetFeatureExtractor(FeatureExtractorBase):
             feature_extractor_weights_path is not None,
             f"feature extractor {name!r} needs a segmentation checkpoint as its weights file",
         )
-        from spap.eval.segnet import load_segnet
+        from spap.models.segnet import load_segnet
 
         self.net, config = load_segnet(feature_extractor_weights_path)
         self.size = config.get("size")

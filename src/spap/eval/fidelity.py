@@ -20,11 +20,21 @@ TF-ported Inception ``inception-2015-12-05``). Its weights file comes from ``wei
 else the environment variable ``SPAP_INCEPTION_WEIGHTS``, else torch.hub's checkpoint folder
 (where torch-fidelity itself keeps it). Any other extractor needs an explicit weights file.
 
-Cache. Features and FID statistics of folder inputs are cached by torch-fidelity under
-``cache_dir`` (default ``$SPAP_CACHE_DIR`` or ``~/.cache/spap/fidelity``), under a name made
-from the folder's files (paths, sizes, modification times), the resize setting, the feature
-extractor and its weights file, so a changed folder or other weights never reuse stale
-numbers. Generated samples are not cached.
+Vetting. torch-fidelity reads the weights of ``inception-v3-compat`` and ``vgg16`` with
+``torch.load(weights_only=False)``, which runs any pickled code in the file. Such a file is
+first read here with ``weights_only=True`` into a state dict of tensors (anything else is
+refused in one line), and torch-fidelity gets a fresh copy of those tensors, written with
+``torch.save`` into a private temporary folder that is removed afterwards. Extractors whose
+weights torch-fidelity would load as TorchScript (``clip-*``) or as torch.hub code
+(``dinov2-*``) are refused. ``spap-segnet`` reads its checkpoint weights-only itself.
+
+Cache. Features and FID statistics of folder inputs are cached under ``cache_dir``
+(default ``$SPAP_CACHE_DIR`` or ``~/.cache/spap/fidelity``) by :mod:`spap.eval.cache`, not by
+torch-fidelity (whose cache files are pickles loaded unsafely): entries hold plain tensors
+and are verified when read. Names are made from the folder's files (paths, sizes,
+modification times), the resize setting, the feature extractor and the content digest of its
+weights (else the weights file's path, size and time), so a changed folder or other weights
+never reuse stale numbers. Generated samples are not cached.
 """
 
 from __future__ import annotations
@@ -35,21 +45,31 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.feature_extractor_clip import FeatureExtractorCLIP
+from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    URL_INCEPTION_V3,
+    FeatureExtractorInceptionV3,
+)
+from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
 from torch_fidelity.generative_model_base import GenerativeModelBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from spap.devices import pick_device
 from spap.errors import CheckpointError, DataError, SpapError
+from spap.eval.cache import FidelityCache
+from spap.models.segnet import weights_only_failure
+from spap.train.checkpoint import state_digest
 
 __all__ = [
     "CACHE_ENV",
@@ -72,6 +92,7 @@ __all__ = [
     "resolve_inception_weights",
     "save_statistics",
     "to_uint8",
+    "vet_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +112,14 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 _STATS_FORMAT = "spap-fid-stats"
 # Extractors that load without a weights file (registered with needs_weights=False).
 _NO_WEIGHTS: set[str] = set()
+# torch-fidelity's extractors that read their weights file with torch.load(weights_only=False):
+# the file is vetted first and a fresh copy of its tensors handed on.
+_UNPICKLING_EXTRACTORS: tuple[type, ...] = (FeatureExtractorInceptionV3, FeatureExtractorVGG16)
+# ... and those whose weights would be loaded in ways that cannot be vetted: refused.
+_UNVETTABLE_EXTRACTORS: dict[type, str] = {
+    FeatureExtractorCLIP: "as a TorchScript archive (torch.jit.load)",
+    FeatureExtractorDinoV2: "by running torch.hub code",
+}
 
 
 # ----------------------------------------------------------------------------- registry
@@ -195,6 +224,63 @@ def _file_tag(path: str | None) -> str:
         return "none"
     st = os.stat(path)
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def vet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, read with ``torch.load(weights_only=True)``.
+
+    The file must hold a state dict (``{name: tensor}``); a pickled payload (which would run
+    code when unpickled), other objects, or a damaged file raise one :class:`CheckpointError`
+    line. Nothing in the file runs.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means a file we will not hand on
+        raise CheckpointError(
+            f"refused the weights file {path}: {weights_only_failure(exc)}"
+        ) from None
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided
+            for k, v in obj.items()
+        )
+    ):
+        raise CheckpointError(
+            f"refused the weights file {path}: not a state dict of tensors (name -> tensor)"
+        )
+    return {k: v.detach() for k, v in obj.items()}
+
+
+@contextlib.contextmanager
+def _handed_weights(
+    feature_extractor: str, weights: str | None
+) -> Iterator[tuple[str | None, str]]:
+    """``(the weights path to give torch-fidelity, the weights' cache tag)``.
+
+    For the extractors that unpickle their weights, the file is vetted
+    (:func:`vet_state_dict`) and its tensors written to a fresh file in a private temporary
+    folder (removed on exit): torch-fidelity only ever unpickles that copy.
+    """
+    cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
+    for unsafe, how in _UNVETTABLE_EXTRACTORS.items():
+        if isinstance(cls, type) and issubclass(cls, unsafe):
+            raise SpapError(
+                f"feature extractor {feature_extractor!r} is not supported: torch-fidelity "
+                f"would load its weights {how}, which cannot be vetted; use {INCEPTION}, "
+                "vgg16 or spap-segnet"
+            )
+    if weights is None or not (isinstance(cls, type) and issubclass(cls, _UNPICKLING_EXTRACTORS)):
+        yield weights, _file_tag(weights)
+        return
+    state = vet_state_dict(weights)
+    tag = state_digest(state)
+    with tempfile.TemporaryDirectory(prefix="spap-weights-") as tmp:  # mode 0700
+        copy = Path(tmp) / "weights.pt"
+        torch.save(state, copy)
+        del state
+        yield str(copy), tag
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -384,11 +470,14 @@ def _numpy_safe_globals() -> list[Any]:
 
 
 def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
-    """FID statistics from a ``.npz`` (``mu``, ``sigma`` and optional metadata) or from a
-    torch-fidelity ``...-stat-fid-<layer>.pt`` cache file."""
+    """FID statistics from a ``.npz`` (``mu``, ``sigma`` and optional metadata; read with
+    ``allow_pickle=False``) or from a torch-fidelity ``...-stat-fid-<layer>.pt`` cache file
+    (read with ``weights_only=True``, numpy arrays allowed). ``mu`` and ``sigma`` must be
+    float arrays of shapes ``(D,)`` and ``(D, D)``; anything else raises one
+    :class:`DataError` line."""
     p = Path(path)
-    try:
-        if p.suffix.lower() == ".npz":
+    if p.suffix.lower() == ".npz":
+        try:
             with np.load(p, allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
             for k in ("feature_extractor", "feature_layer", "weights_file", "format"):
@@ -396,18 +485,31 @@ def load_statistics(path: str | os.PathLike) -> dict[str, Any]:
                     out[k] = str(out[k])
             if "num_images" in out:
                 out["num_images"] = int(out["num_images"])
-        else:
+        except Exception as exc:  # noqa: BLE001 - any failure here means a damaged file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"cannot read FID statistics {p}: {first}") from None
+    else:
+        try:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
-                out = dict(torch.load(p, map_location="cpu", weights_only=True))
-            stem = p.stem
-            if "-stat-fid-" in stem:
-                out.setdefault("feature_layer", stem.rsplit("-stat-fid-", 1)[1])
-    except Exception as exc:  # noqa: BLE001 - any failure here means a damaged file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot read FID statistics {p}: {first}") from None
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here means a refused file
+            raise DataError(
+                f"cannot read FID statistics {p}: {weights_only_failure(exc)}"
+            ) from None
+        if not isinstance(obj, Mapping):
+            raise DataError(f"{p} holds no FID statistics (needs 'mu' and 'sigma')")
+        out = {k: obj[k] for k in ("mu", "sigma") if k in obj}
+        if "-stat-fid-" in p.stem:
+            out["feature_layer"] = p.stem.rsplit("-stat-fid-", 1)[1]
     if "mu" not in out or "sigma" not in out:
         raise DataError(f"{p} holds no FID statistics (needs 'mu' and 'sigma')")
-    mu, sigma = np.asarray(out["mu"]), np.asarray(out["sigma"])
+    mu, sigma = out["mu"], out["sigma"]
+    if isinstance(mu, torch.Tensor) and isinstance(sigma, torch.Tensor):
+        mu, sigma = mu.numpy(), sigma.numpy()
+    if not all(
+        isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating) for a in (mu, sigma)
+    ):
+        raise DataError(f"{p}: mu and sigma must be arrays of floats")
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DataError(f"{p}: mu must be (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
     out["mu"], out["sigma"] = mu, sigma
@@ -477,15 +579,9 @@ def _user_errors(feature_extractor: str, weights: str | None) -> Iterator[None]:
 def _device_kwargs(
     device: str | torch.device | None,
 ) -> tuple[bool, contextlib.AbstractContextManager[Any]]:
-    if device in (None, "auto"):
-        return torch.cuda.is_available(), contextlib.nullcontext()
-    dev = torch.device(device)
+    dev = pick_device("auto" if device is None else device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpapError("CUDA was requested but is not available")
-        return True, torch.cuda.device(
-            dev.index
-        ) if dev.index is not None else contextlib.nullcontext()
+        return True, torch.cuda.device(dev)
     return False, contextlib.nullcontext()
 
 
@@ -497,7 +593,7 @@ def _cache_name(src: _Source, fe_tag: str) -> str | None:
 
 def _setup(
     feature_extractor: str, weights_path: Any, feature_layer: str | None, metric: str
-) -> tuple[str | None, str, str]:
+) -> tuple[str | None, str]:
     _register_builtin()
     if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
         raise SpapError(
@@ -507,7 +603,133 @@ def _setup(
     weights = _resolve_weights(feature_extractor, weights_path)
     cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
     layer = feature_layer or cls.get_default_feature_layer_for_metric(metric)
-    return weights, layer, f"{feature_extractor}:{_file_tag(weights)}"
+    return weights, layer
+
+
+class _Features:
+    """Features and FID statistics of the inputs of one computation: from the cache when
+    there, else extracted by torch-fidelity (its own cache off) and cached.
+
+    The feature extractor is built on first use, from the (vetted) weights ``handed`` to it.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: str,
+        layers: list[str],
+        fe_tag: str,
+        kwargs: dict[str, Any],
+        cache_root: str | os.PathLike | None,
+    ) -> None:
+        self.fe = feature_extractor
+        self.layers = sorted(set(layers))
+        self.fe_tag = fe_tag
+        self.kwargs = kwargs
+        self.cache = FidelityCache(cache_root) if cache_root is not None else None
+        self._extractor: FeatureExtractorBase | None = None
+
+    def extractor(self) -> FeatureExtractorBase:
+        from torch_fidelity.utils import create_feature_extractor
+
+        if self._extractor is None:
+            self._extractor = create_feature_extractor(self.fe, self.layers, **self.kwargs)
+        return self._extractor
+
+    def _entry(self, src: _Source) -> tuple[str, str] | None:
+        name = _cache_name(src, self.fe_tag)
+        if self.cache is None or name is None:
+            return None
+        return name, f"{src.key}\n{self.fe_tag}"
+
+    def features(self, slot: int, src: _Source) -> dict[str, torch.Tensor]:
+        from torch_fidelity.utils import extract_featuresdict_from_input_id
+
+        entry = self._entry(src)
+        if entry is not None:
+            assert self.cache is not None
+            got = {
+                layer: self.cache.load(*entry, "features", layer, rows=src.count)
+                for layer in self.layers
+            }
+            if all(t is not None for t in got.values()):
+                return {layer: t["features"] for layer, t in got.items()}  # type: ignore[index]
+        feats = extract_featuresdict_from_input_id(slot, self.extractor(), **self.kwargs)
+        if entry is not None:
+            assert self.cache is not None
+            for layer in self.layers:
+                self.cache.store(*entry, "features", layer, {"features": feats[layer]})
+        return feats
+
+    def fid_stats(
+        self, slot: int, src: _Source, layer: str, feats: dict[str, torch.Tensor] | None
+    ) -> dict[str, np.ndarray]:
+        from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
+
+        if src.kind == "stats":
+            assert src.stats is not None
+            return {"mu": np.asarray(src.stats["mu"]), "sigma": np.asarray(src.stats["sigma"])}
+        entry = self._entry(src)
+        if entry is not None:
+            assert self.cache is not None
+            got = self.cache.load(*entry, "fid-stats", layer)
+            if got is not None:
+                return {"mu": got["mu"].numpy(), "sigma": got["sigma"].numpy()}
+        if feats is None:
+            feats = self.features(slot, src)
+        stats = fid_featuresdict_to_statistics(feats, layer)
+        if entry is not None:
+            assert self.cache is not None
+            self.cache.store(
+                *entry,
+                "fid-stats",
+                layer,
+                {"mu": torch.from_numpy(stats["mu"]), "sigma": torch.from_numpy(stats["sigma"])},
+            )
+        return stats
+
+
+def _fid(s1: dict[str, Any], s2: dict[str, Any], from_files: bool, verbose: bool) -> dict[str, Any]:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    if from_files:  # statistics files may hold float32 or float64: compare in float64
+        s1, s2 = (
+            {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)}
+            for s in (s1, s2)
+        )
+    if s1["mu"].shape != s2["mu"].shape:
+        raise SpapError(
+            f"feature sizes differ: {s1['mu'].shape[0]} vs {s2['mu'].shape[0]} (statistics of "
+            "another feature extractor or layer?)"
+        )
+    return fid_statistics_to_metric(s1, s2, verbose)
+
+
+def _base_kwargs(
+    feature_extractor: str,
+    handed: str | None,
+    cuda: bool,
+    batch_size: int,
+    verbose: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """torch-fidelity's keyword arguments; its own (unpickling) cache is always off."""
+    return {
+        "feature_extractor": feature_extractor,
+        "feature_extractor_weights_path": handed,
+        "cuda": cuda,
+        "batch_size": batch_size,
+        "cache": False,
+        "save_cpu_ram": True,  # no DataLoader worker processes
+        "verbose": verbose,
+        "rng_seed": seed,
+        "datasets_download": False,
+    }
+
+
+def _cache_root(cache: bool, cache_dir: str | os.PathLike | None) -> Path | None:
+    if not cache:
+        return None
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def compute_metrics(
@@ -553,12 +775,18 @@ def compute_metrics(
 
     Returns:
         a dict with ``fid``, ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std`` (those asked).
+        The numbers are torch-fidelity's (the same functions as
+        :func:`torch_fidelity.calculate_metrics`).
     """
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+
     if not (fid or kid or isc):
         raise SpapError("nothing to compute: ask for at least one of FID, KID, IS")
-    weights, layer, fe_tag = _setup(
+    weights, layer = _setup(
         feature_extractor, weights_path, feature_layer, "fid" if (fid or kid) else "isc"
     )
+    cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
     cuda, dev_ctx = _device_kwargs(device)
     res_kw = {
         "num_samples": num_samples,
@@ -572,41 +800,58 @@ def compute_metrics(
     stats_involved = f_src.kind == "stats" or (r_src is not None and r_src.kind == "stats")
     if stats_involved and (kid or (isc and f_src.kind == "stats")):
         raise SpapError("KID and IS need images; statistics files only serve FID")
-    kwargs: dict[str, Any] = {
-        "feature_extractor": feature_extractor,
-        "feature_extractor_weights_path": weights,
-        "cuda": cuda,
-        "batch_size": batch_size,
-        "cache": cache,
-        "cache_root": str(Path(cache_dir) if cache_dir else default_cache_dir()),
-        "save_cpu_ram": True,  # no DataLoader worker processes
-        "verbose": verbose,
-        "rng_seed": seed,
-        "datasets_download": False,
-        "input1": f_src.obj,
-        "input1_cache_name": _cache_name(f_src, fe_tag),
-        "input1_model_num_samples": f_src.count if f_src.kind == "model" else None,
-        "isc_splits": max(1, min(isc_splits, f_src.count or isc_splits)),
-    }
-    if feature_layer:
-        kwargs["feature_layer_fid"] = kwargs["feature_layer_kid"] = feature_layer
-    if r_src is not None:
-        kwargs["input2"] = r_src.obj
-        kwargs["input2_cache_name"] = _cache_name(r_src, fe_tag)
-        kwargs["input2_model_num_samples"] = r_src.count if r_src.kind == "model" else None
+    for src in (f_src, r_src):
+        if src is not None and src.kind == "stats":
+            assert src.stats is not None
+            _check_stats(src.stats, feature_extractor, layer, weights)
+    layers = {}
+    if isc:
+        layers["isc"] = cls.get_default_feature_layer_for_metric("isc")
+    if fid:
+        layers["fid"] = feature_layer or cls.get_default_feature_layer_for_metric("fid")
+    if kid:
+        layers["kid"] = feature_layer or cls.get_default_feature_layer_for_metric("kid")
+    raw: dict[str, Any] = {}
+    with _handed_weights(feature_extractor, weights) as (handed, wtag):
+        kwargs = _base_kwargs(feature_extractor, handed, cuda, batch_size, verbose, seed)
+        kwargs.update(
+            {
+                "input1": f_src.obj,
+                "input1_model_num_samples": f_src.count if f_src.kind == "model" else None,
+                "isc_splits": max(1, min(isc_splits, f_src.count or isc_splits)),
+            }
+        )
+        if r_src is not None and r_src.kind != "stats":
+            kwargs["input2"] = r_src.obj
+            kwargs["input2_model_num_samples"] = r_src.count if r_src.kind == "model" else None
         if kid:
+            assert r_src is not None
             kwargs["kid_subsets"] = kid_subsets
             kwargs["kid_subset_size"] = max(
                 2, min(kid_subset_size, f_src.count or 0, r_src.count or 0)
             )
-    with _user_errors(feature_extractor, weights), dev_ctx:
-        if not stats_involved:
-            raw = torch_fidelity.calculate_metrics(fid=fid, kid=kid, isc=isc, **kwargs)
-        else:
-            raw = _fid_with_statistics(f_src, r_src, layer, weights, kwargs)  # type: ignore[arg-type]
+        feats = _Features(
+            feature_extractor,
+            list(layers.values()),
+            f"{feature_extractor}:{wtag}",
+            kwargs,
+            _cache_root(cache, cache_dir),
+        )
+        only_fid = fid and not (kid or isc)  # cached statistics are enough: no features
+        with _user_errors(feature_extractor, weights), dev_ctx:
+            f1 = None if only_fid or f_src.kind == "stats" else feats.features(1, f_src)
+            f2 = None
+            if not only_fid and r_src is not None and r_src.kind != "stats":
+                f2 = feats.features(2, r_src)
             if isc:
-                kw = {k: v for k, v in kwargs.items() if not k.startswith("input2")}
-                raw.update(torch_fidelity.calculate_metrics(isc=True, **kw))
+                raw.update(isc_featuresdict_to_metric(f1, layers["isc"], **kwargs))
+            if fid:
+                assert r_src is not None
+                s1 = feats.fid_stats(1, f_src, layers["fid"], f1)
+                s2 = feats.fid_stats(2, r_src, layers["fid"], f2)
+                raw.update(_fid(s1, s2, stats_involved, verbose))
+            if kid:
+                raw.update(kid_featuresdict_to_metric(f1, f2, layers["kid"], **kwargs))
     names = {
         "frechet_inception_distance": "fid",
         "kernel_inception_distance_mean": "kid_mean",
@@ -615,41 +860,6 @@ def compute_metrics(
         "inception_score_std": "is_std",
     }
     return {names[k]: float(v) for k, v in raw.items() if k in names}
-
-
-def _fid_with_statistics(
-    f_src: _Source, r_src: _Source, layer: str, weights: str | None, kwargs: dict[str, Any]
-) -> dict[str, float]:
-    from torch_fidelity.metric_fid import (
-        fid_input_id_to_statistics_cached,
-        fid_statistics_to_metric,
-    )
-    from torch_fidelity.utils import create_feature_extractor
-
-    fe = kwargs["feature_extractor"]
-    for src in (f_src, r_src):
-        if src.kind == "stats":
-            assert src.stats is not None
-            _check_stats(src.stats, fe, layer, weights)
-    extractor = None
-    stats = []
-    for slot, src in ((1, f_src), (2, r_src)):
-        if src.kind == "stats":
-            stats.append(src.stats)
-            continue
-        if extractor is None:
-            extractor = create_feature_extractor(fe, [layer], **kwargs)
-        stats.append(fid_input_id_to_statistics_cached(slot, extractor, layer, **kwargs))
-    s1, s2 = (
-        {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)}
-        for s in stats
-    )
-    if s1["mu"].shape != s2["mu"].shape:
-        raise SpapError(
-            f"feature sizes differ: {s1['mu'].shape[0]} vs {s2['mu'].shape[0]} (statistics of "
-            "another feature extractor or layer?)"
-        )
-    return fid_statistics_to_metric(s1, s2, kwargs["verbose"])
 
 
 def compute_fid(real: Any, fake: Any, **kwargs: Any) -> float:
@@ -686,34 +896,26 @@ def compute_statistics(
 ) -> dict[str, Any]:
     """FID statistics ``{"mu", "sigma", "num_images", "feature_extractor", "feature_layer",
     "weights_file"}`` of a folder, generator, tensor or dataset."""
-    from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
-    from torch_fidelity.utils import create_feature_extractor
-
-    weights, layer, fe_tag = _setup(feature_extractor, weights_path, feature_layer, "fid")
+    weights, layer = _setup(feature_extractor, weights_path, feature_layer, "fid")
     cuda, dev_ctx = _device_kwargs(device)
     src = _resolve(
         source, num_samples=num_samples, size=size, seed=seed, batch_size=batch_size, device=device
     )
     if src.kind == "stats":
         raise SpapError("the input already is a statistics file")
-    kwargs: dict[str, Any] = {
-        "feature_extractor": feature_extractor,
-        "feature_extractor_weights_path": weights,
-        "cuda": cuda,
-        "batch_size": batch_size,
-        "cache": cache,
-        "cache_root": str(Path(cache_dir) if cache_dir else default_cache_dir()),
-        "save_cpu_ram": True,
-        "verbose": verbose,
-        "rng_seed": seed,
-        "datasets_download": False,
-        "input1": src.obj,
-        "input1_cache_name": _cache_name(src, fe_tag),
-        "input1_model_num_samples": src.count if src.kind == "model" else None,
-    }
-    with _user_errors(feature_extractor, weights), dev_ctx:
-        extractor = create_feature_extractor(feature_extractor, [layer], **kwargs)
-        stats = fid_input_id_to_statistics_cached(1, extractor, layer, **kwargs)
+    with _handed_weights(feature_extractor, weights) as (handed, wtag):
+        kwargs = _base_kwargs(feature_extractor, handed, cuda, batch_size, verbose, seed)
+        kwargs["input1"] = src.obj
+        kwargs["input1_model_num_samples"] = src.count if src.kind == "model" else None
+        feats = _Features(
+            feature_extractor,
+            [layer],
+            f"{feature_extractor}:{wtag}",
+            kwargs,
+            _cache_root(cache, cache_dir),
+        )
+        with _user_errors(feature_extractor, weights), dev_ctx:
+            stats = feats.fid_stats(1, src, layer, None)
     return {
         "mu": stats["mu"],
         "sigma": stats["sigma"],

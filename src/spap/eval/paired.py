@@ -189,8 +189,8 @@ def paired_score(
     from PIL import Image
 
     from spap.data.io import list_images, read_image
+    from spap.data.pairs import resize_rgb, split_dir, to_tensor
     from spap.eval.fidelity import to_uint8
-    from spap.eval.pairs import resize_rgb, split_dir, to_tensor
 
     if source_half not in ("A", "B") or direction not in ("AtoB", "BtoA"):
         raise DataError("source_half must be A or B and direction AtoB or BtoA")

@@ -32,7 +32,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from spap.config import to_dict
 from spap.errors import SpapError
+from spap.inference.loading import SAFETENSORS_FORMAT, load_generators, write_safetensors
+from spap.layers import remove_spectral_norm
 
 if TYPE_CHECKING:
     from spap.inference.sample import Sampler
@@ -149,55 +152,6 @@ def _run_torchscript(path: Path, x: Tensor) -> Tensor:
         return module(x)
 
 
-def _export_safetensors(g: nn.Module, path: Path, config: dict, direction: str) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
-    metadata = {
-        "format": "spap-cyclegan-generator",
-        "direction": direction,
-        "input_nc": str(g.input_nc),
-        "output_nc": str(g.output_nc),
-        "config": json.dumps(config),
-    }
-    save_file(tensors, str(path), metadata=metadata)
-
-
-def _export_gan(
-    sampler: Sampler, format: str, path: Path, tolerance: float, opset: int | None
-) -> ExportResult:
-    from spap.inference.sample import Sampler
-    from spap.layers import remove_spectral_norm
-
-    g = sampler.generator.cpu().eval()
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(1, g.z_dim, generator=gen), torch.randn(3, g.z_dim, generator=gen)]
-    with torch.no_grad():
-        expected = [g(z) for z in inputs]
-    remove_spectral_norm(g)
-    dynamic = True
-    if format == "onnx":
-        dynamic = _export_onnx(g, inputs[0], path, opset)
-        run = _run_onnx
-    elif format == "torchscript":
-        _export_torchscript(g, inputs[0], path)
-        run = _run_torchscript
-    else:
-        from safetensors.torch import save_file
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
-        meta = {"format": "spap-gan-generator", "config": json.dumps(sampler.config)}
-        save_file(tensors, str(path), metadata=meta)
-
-        def run(p: Path, z: Tensor) -> Tensor:
-            with torch.no_grad():
-                return Sampler.from_safetensors(p, device="cpu").generator(z)
-
-    return _check(
-        path, format, "z", inputs if dynamic else inputs[:1], expected, run, tolerance, dynamic
-    )
-
-
 def _check(
     path: Path,
     format: str,
@@ -222,6 +176,30 @@ def _check(
     return result
 
 
+def _write(
+    g: nn.Module,
+    format: str,
+    path: Path,
+    inputs: list[Tensor],
+    metadata: dict[str, str],
+    opset: int | None,
+) -> tuple[Callable[[Path, Tensor], Tensor], bool]:
+    """Write ``g`` (spectral norm baked) in ``format``; return how to run the file and
+    whether its shapes are dynamic."""
+    if format == "onnx":
+        return _run_onnx, _export_onnx(g, inputs[0], path, opset)
+    if format == "torchscript":
+        _export_torchscript(g, inputs[0], path)
+        return _run_torchscript, True
+    write_safetensors(path, g.state_dict(), metadata)
+    key = metadata.get("direction", "G")
+
+    def run(p: Path, x: Tensor) -> Tensor:
+        return load_generators(p).generators[key](x)
+
+    return run, True
+
+
 def export_generator(
     checkpoint: str | os.PathLike | Translator | Sampler,
     format: str,
@@ -231,10 +209,10 @@ def export_generator(
     tolerance: float = 1e-4,
     opset: int | None = None,
 ) -> ExportResult:
-    """Export the ``direction`` generator of a CycleGAN checkpoint (file or run folder,
-    or an already loaded :class:`~spap.inference.translate.Translator`, whose generator is
-    then baked in place), or the generator of a GAN checkpoint (EMA weights; ``direction``
-    and ``size`` do not apply).
+    """Export the ``direction`` generator of a CycleGAN (a checkpoint file, a run folder, an
+    export, or an already loaded :class:`~spap.inference.translate.Translator`, whose
+    generator is then baked in place), or the (EMA) generator of a GAN (``direction`` and
+    ``size`` do not apply).
 
     ``size`` is the square check/tracing input size (default: the training crop size;
     a multiple of 4). Raises :class:`SpapError` if the exported model differs from the
@@ -242,49 +220,51 @@ def export_generator(
     """
     from spap.inference.sample import Sampler
     from spap.inference.translate import Translator
-    from spap.layers import remove_spectral_norm
 
     if format not in FORMATS:
         raise SpapError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
     if isinstance(checkpoint, (Translator, Sampler)):
         loaded = checkpoint
-    elif str(checkpoint).endswith(".safetensors"):
-        loaded = Translator.from_checkpoint(checkpoint, device="cpu")
     else:
         from spap.inference import load
 
         loaded = load(checkpoint, device="cpu")
-    if isinstance(loaded, Sampler):
-        path = Path(output)
-        _prepare_output(path)
-        return _export_gan(loaded, format, path, tolerance, opset)
-    translator = loaded
-    g = translator.generator(direction).cpu().eval()
-    g.requires_grad_(False)
-    if size is None:
-        size = int(translator.config.get("data", {}).get("crop_size", 256))
-    if size < 8 or size % 4:
-        raise SpapError(f"--size must be a multiple of 4 and at least 8, got {size}")
     path = Path(output)
+    if isinstance(loaded, Sampler):
+        g = loaded.generator.cpu().eval()
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(1, g.z_dim, generator=gen), torch.randn(3, g.z_dim, generator=gen)]
+        meta = {"kind": "gan"}
+        label = "z"
+    else:
+        g = loaded.generator(direction).cpu().eval()
+        if size is None:
+            size = int(loaded.info.get("crop_size") or 256)
+        if size < 8 or size % 4:
+            raise SpapError(f"--size must be a multiple of 4 and at least 8, got {size}")
+        inputs = _inputs(g.input_nc, size)
+        meta = {
+            "kind": "cyclegan",
+            "direction": direction,
+            "input_nc": str(g.input_nc),
+            "output_nc": str(g.output_nc),
+            "crop_size": str(size),
+        }
+        label = direction
+    g.requires_grad_(False)
     _prepare_output(path)
-    inputs = _inputs(g.input_nc, size)
     with torch.no_grad():  # eager outputs, before spectral norm is baked
         expected = [g(x) for x in inputs]
+    model_section = getattr(g, "model_config", None)
+    if model_section is None:
+        raise SpapError("this generator does not carry its model config; cannot export it")
     remove_spectral_norm(g)
-    dynamic = True
-
-    if format == "onnx":
-        dynamic = _export_onnx(g, inputs[0], path, opset)
-        run = _run_onnx
-    elif format == "torchscript":
-        _export_torchscript(g, inputs[0], path)
-        run = _run_torchscript
-    else:
-        _export_safetensors(g, path, translator.config, direction)
-
-        def run(p: Path, x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return Translator.from_safetensors(p, device="cpu").generator(direction)(x)
-
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "format_version": "2",
+        "model": json.dumps(to_dict(model_section)),
+        **meta,
+    }
+    run, dynamic = _write(g, format, path, inputs, metadata, opset)
     checks = inputs if dynamic else inputs[:1]
-    return _check(path, format, direction, checks, expected, run, tolerance, dynamic)
+    return _check(path, format, label, checks, expected, run, tolerance, dynamic)

@@ -18,80 +18,24 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from spap.errors import CheckpointError, SpapError
-from spap.models.sngan import SNGANGenerator, build_generator, latents
+from spap.devices import pick_device
+from spap.errors import SpapError
+from spap.inference.loading import load_generators
+from spap.layers import record_attention
+from spap.models.sngan import SNGANGenerator, latents
+from spap.viz.attention import attention_maps, attention_overlays
 
-__all__ = [
-    "Sampler",
-    "attention_overlays",
-    "overlay",
-    "spatial_maps",
-]
+__all__ = ["Sampler"]
 
 log = logging.getLogger(__name__)
 
 _META = "sample.json"
-
-
-# ----------------------------------------------------------------------------- attention pictures
-
-
-def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Blend the colour map of ``maps`` (N, h, w), values in [0, 1] shown as they are, onto
-    ``images`` (N, 3, H, W) in [-1, 1]; returns (N, 3, H, W) in [-1, 1]."""
-    from spap.viz.overlay import colorize
-
-    size = images.shape[-2:]
-    m = F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-    heat = colorize(m) * 2 - 1
-    return (1 - alpha) * images.detach().float().clamp(-1, 1) + alpha * heat
-
-
-def spatial_maps(name: str, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One displayable (N, h, w) map in [0, 1] per attention map of a unit.
-
-    - SPAP (one (N, 2, ...) tensor per fuse block): the weight of the branch brought in at
-      that step (``maps[k][:, 1]``, channel attention averaged over channels), unscaled;
-      rows ``attn_<unit>_<k>``.
-    - SAGAN (``[attn]`` of shape (N, H*W, H'*W')): where the centre query position looks,
-      scaled to a maximum of 1 per image; row ``attn_<unit>``.
-    """
-    from spap.layers import spatial_attention
-
-    short = name.rsplit(".", 1)[-1] or "unit"
-    out: dict[str, torch.Tensor] = {}
-    if len(maps) == 1 and maps[0].dim() == 3:  # SAGAN
-        attn = maps[0].float()
-        hw, keys = attn.shape[1], attn.shape[2]
-        h, kh = math.isqrt(hw), math.isqrt(keys)
-        if h * h != hw or kh * kh != keys:
-            return out
-        row = attn[:, (h // 2) * h + h // 2].reshape(-1, kh, kh)
-        row = row / row.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        out[f"attn_{short}"] = row
-        return out
-    for k, m in enumerate(maps):
-        a = spatial_attention(m.float())[:, 1]  # (N, h, w)
-        out[f"attn_{short}_{k}"] = a
-    return out
-
-
-def attention_overlays(
-    images: torch.Tensor, recorded: Mapping[str, list[torch.Tensor]]
-) -> dict[str, torch.Tensor]:
-    """Overlays (N, 3, H, W) in [-1, 1] of every recorded map on ``images``, by row name."""
-    rows: dict[str, torch.Tensor] = {}
-    for name, maps in sorted(recorded.items()):
-        for row, m in spatial_maps(name, maps).items():
-            rows[row] = overlay(images.cpu(), m.cpu())
-    return rows
 
 
 # ----------------------------------------------------------------------------- files
@@ -143,93 +87,45 @@ class Sampler:
     def __init__(
         self,
         generator: SNGANGenerator,
+        device: str | torch.device | None = None,
         *,
         step: int = 0,
         ema: bool = True,
         source: str = "",
-        config: Mapping[str, Any] | None = None,
     ) -> None:
+        if device is not None:
+            generator = generator.to(pick_device(device))
         self.generator = generator.eval().requires_grad_(False)
         self.device = next(generator.parameters()).device
-        #: The run's resolved config (plain dict), as stored in the checkpoint.
-        self.config = dict(config or {})
         self.step = step
         self.ema = ema
         self.source = source
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.generator.parameters())
+        units = len(self.generator.attention_units())
+        src = f", source={self.source!r}" if self.source else ""
+        return (
+            f"Sampler({self.resolution}px, z_dim={self.generator.z_dim}, {n / 1e6:.2f}M "
+            f"parameters, {units} attention units, {'EMA' if self.ema else 'raw'} weights, "
+            f"step {self.step}; device={self.device}{src})"
+        )
 
     @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str | torch.device = "auto", ema: bool = True
     ) -> Sampler:
-        """Load a GAN checkpoint (file or run folder; the generator is rebuilt from the
-        checkpoint's own config). ``ema=False`` takes the raw instead of the averaged G."""
-        from spap.train.checkpoint import load_checkpoint
-
-        return cls.from_state(load_checkpoint(path, kind="gan"), device=device, ema=ema)
-
-    @classmethod
-    def from_state(
-        cls, ckpt: Mapping[str, Any], device: str | torch.device = "auto", ema: bool = True
-    ) -> Sampler:
-        """Build from a loaded checkpoint dict (see :func:`spap.train.checkpoint.load_checkpoint`)."""
-        from spap.config import from_dict
-        from spap.train.distributed import pick_device
-        from spap.train.gan import GANConfig
-
-        file = ckpt.get("path", "checkpoint")
-        if ckpt.get("kind") != "gan":
-            raise CheckpointError(
-                f"{file} is a {ckpt.get('kind')!r} checkpoint, but a 'gan' checkpoint is needed"
-            )
-        try:
-            cfg = from_dict(GANConfig, ckpt["config"])
-            models = ckpt["task"]["models"]
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{file}: not a GAN checkpoint of this version ({exc})") from None
-        name = "G_ema" if ema else "G"
-        if name not in models:
-            raise CheckpointError(f"{file}: holds no {name} weights")
-        generator = build_generator(cfg.model)
-        try:
-            generator.load_state_dict(models[name])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{file}: {name} weights do not fit its config ({first})"
-            ) from None
-        device = pick_device(str(device)) if not isinstance(device, torch.device) else device
-        generator.to(device)
+        """From a GAN checkpoint (file or run folder; the generator is rebuilt from the
+        model section of its stored config) or a ``.safetensors`` export.
+        ``ema=False`` takes a checkpoint's raw instead of its averaged generator."""
+        loaded = load_generators(path, kind="gan", ema=ema)
         return cls(
-            generator, step=int(ckpt.get("step", 0)), ema=ema, source=str(file),
-            config=ckpt["config"],
-        )  # fmt: skip
-
-    @classmethod
-    def from_safetensors(
-        cls, path: str | os.PathLike, device: str | torch.device = "auto"
-    ) -> Sampler:
-        """From a generator exported with ``spap export --format safetensors``."""
-        import json
-
-        from safetensors import safe_open
-
-        from spap.config import from_dict
-        from spap.train.distributed import pick_device
-        from spap.train.gan import GANConfig
-
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as exc:  # noqa: BLE001 - any failure: not a usable file
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        if meta.get("format") != "spap-gan-generator":
-            raise CheckpointError(f"{path}: not a GAN generator exported by spap export")
-        config = json.loads(meta["config"])
-        generator = build_generator(from_dict(GANConfig, config).model)
-        generator.load_state_dict(tensors)
-        device = pick_device(str(device)) if not isinstance(device, torch.device) else device
-        return cls(generator.to(device), source=str(path), config=config)
+            loaded.generators["G"],
+            device,
+            step=int(loaded.info.get("step", 0)),
+            ema=bool(loaded.info.get("ema", True)),
+            source=loaded.source,
+        )
 
     @property
     def resolution(self) -> int:
@@ -245,8 +141,6 @@ class Sampler:
     def _generate(
         self, seed: int, indices: list[int], attention: bool = False
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        from spap.layers import record_attention
-
         z = latents(seed, indices, self.generator.z_dim).to(self.device)
         if not attention:
             return self.generator(z).float().cpu(), {}
@@ -264,17 +158,19 @@ class Sampler:
 
     def sample_with_attention(
         self, n: int, seed: int = 0, batch_size: int = 16, start: int = 0
-    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Images as :meth:`sample` plus the generator's attention maps: unit name -> list
-        of maps (as :func:`spap.layers.record_attention` gives them, batched over all n)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Images as :meth:`sample` plus ``{unit map name: (n, 1, h, w) in [0, 1]}``, the
+        generator's attention maps as :meth:`Translator.translate_with_attention
+        <spap.inference.translate.Translator.translate_with_attention>` gives them (see
+        :func:`spap.viz.attention.attention_maps`), at the maps' own resolution."""
         images, maps = [], {}
+        size = (self.resolution, self.resolution)
         for b in self._batches(list(range(start, start + n)), batch_size):
-            imgs, m = self._generate(seed, b, attention=True)
+            imgs, raw = self._generate(seed, b, attention=True)
             images.append(imgs)
-            for k, v in m.items():
+            for k, v in attention_maps(raw, size).items():
                 maps.setdefault(k, []).append(v)
-        joined = {k: [torch.cat(parts) for parts in zip(*v)] for k, v in maps.items()}
-        return torch.cat(images), joined
+        return torch.cat(images), {k: torch.cat(v) for k, v in maps.items()}
 
     def _fingerprint(self) -> str:
         h = hashlib.sha1()

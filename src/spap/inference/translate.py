@@ -13,9 +13,7 @@ padded (reflection) to a multiple of 4 and the output is cropped back.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import queue
 import threading
@@ -30,76 +28,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from spap.errors import CheckpointError, DataError, SpapError
+from spap.devices import pick_device
+from spap.errors import DataError, SpapError
+from spap.inference.loading import load_generators
+from spap.layers import record_attention
+from spap.viz.attention import attention_maps, overlay
 
-__all__ = [
-    "FolderResult",
-    "Translator",
-    "attention_maps",
-    "attention_overlays",
-    "overlay",
-    "pad_to_multiple",
-]
+__all__ = ["FolderResult", "Translator", "pad_to_multiple"]
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("AtoB", "BtoA")
-
-
-# ----------------------------------------------------------------------------- attention pictures
-
-
-def attention_maps(
-    raw: Mapping[str, list[Tensor]], net: nn.Module, image_size: tuple[int, int]
-) -> dict[str, Tensor]:
-    """Displayable maps (N, 1, h, w) in [0, 1] of every unit, named ``<slot>_<k>``.
-
-    - SPAP: one map per fuse block ``k``: the weight given to the branch brought in at that
-      step (``maps[k][:, 1]``; channel attention averaged over channels), unscaled.
-    - SAGAN: how much attention each (pooled) key position receives, averaged over all
-      query positions and scaled to a maximum of 1 per image; named ``<slot>``.
-    """
-    from spap.layers import spatial_attention
-
-    out: dict[str, Tensor] = {}
-    for slot, maps in raw.items():
-        stride = net.feature_stride(slot) if hasattr(net, "feature_stride") else 1
-        h, w = (math.ceil(s / stride) for s in image_size)
-        if len(maps) == 1 and maps[0].dim() == 3:  # SAGAN (N, H*W, keys)
-            attn = maps[0].float()
-            keys = attn.shape[2]
-            kh, kw = (h, w) if keys == h * w else (math.ceil(h / 2), math.ceil(w / 2))
-            if kh * kw != keys:
-                continue
-            m = attn.mean(dim=1).reshape(-1, 1, kh, kw)
-            out[slot] = m / m.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-            continue
-        for k, m in enumerate(maps):
-            out[f"{slot}_{k}"] = spatial_attention(m.float())[:, 1:2].clamp(0, 1)
-    return out
-
-
-def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
-    """Blend jet-coloured ``maps`` (N, 1, h, w) in [0, 1] onto ``images`` (N, 3, H, W) in
-    [-1, 1] (maps upsampled bilinearly); returns [-1, 1]."""
-    from spap.viz.overlay import colorize
-
-    images = images.detach().float().cpu()
-    m = F.interpolate(
-        maps.detach().float().cpu(), size=images.shape[-2:], mode="bilinear", align_corners=False
-    )
-    heat = colorize(m.clamp(0, 1))
-    rgb = images[:, :3] if images.shape[1] >= 3 else images.repeat(1, 3, 1, 1)
-    return ((1 - alpha) * (rgb.clamp(-1, 1) + 1) / 2 + alpha * heat) * 2 - 1
-
-
-def attention_overlays(
-    images: Tensor, raw: Mapping[str, list[Tensor]], net: nn.Module, prefix: str = ""
-) -> dict[str, Tensor]:
-    """``{"<prefix>_attn_<name>": overlay}`` for every map of :func:`attention_maps`."""
-    maps = attention_maps(raw, net, tuple(images.shape[-2:]))
-    head = f"{prefix}_attn" if prefix else "attn"
-    return {f"{head}_{name}": overlay(images, m) for name, m in maps.items()}
 
 
 # ----------------------------------------------------------------------------- padding
@@ -223,32 +162,43 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- translator
 
 
-def _pick_device(device: str | torch.device) -> torch.device:
-    from spap.train.distributed import pick_device
-
-    return device if isinstance(device, torch.device) else pick_device(str(device))
-
-
 class Translator:
     """Generators of a trained CycleGAN, ready for inference (eval mode, no gradients).
 
     Args:
         generators: ``{"AtoB": G_A, "BtoA": G_B}`` (either may be missing).
-        config: the run's configuration dict (as stored in the checkpoint).
-        device: where to run.
+        device: where to run (``auto``: CUDA when available).
+        info: what the file said besides the weights (``step``, ``crop_size``).
+        source: the file the generators came from (shown by ``repr``).
+
+    The generators are used as given (moved to ``device``, eval mode, no gradients): nothing
+    rewrites or converts a module passed in.
     """
 
     def __init__(
         self,
         generators: Mapping[str, nn.Module],
-        config: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        *,
+        info: Mapping[str, Any] | None = None,
+        source: str = "",
     ) -> None:
-        self.device = _pick_device(device)
+        self.device = pick_device(device)
         self.generators = {d: g.to(self.device).eval() for d, g in generators.items()}
         for g in self.generators.values():
             g.requires_grad_(False)
-        self.config = dict(config or {})
+        self.info = dict(info or {})
+        self.source = source
+
+    def __repr__(self) -> str:
+        def describe(g: nn.Module) -> str:
+            units = sum(1 for _ in _units(g))
+            n = sum(p.numel() for p in g.parameters())
+            return f"{type(g).__name__}({n / 1e6:.2f}M parameters, {units} attention units)"
+
+        gens = ", ".join(f"{d}: {describe(g)}" for d, g in self.generators.items())
+        src = f", source={self.source!r}" if self.source else ""
+        return f"Translator({gens}; device={self.device}{src})"
 
     # -- construction
     @classmethod
@@ -257,65 +207,8 @@ class Translator:
     ) -> Translator:
         """From a CycleGAN checkpoint file, a run folder (its latest checkpoint) or a
         ``.safetensors`` file written by ``spap export --format safetensors``."""
-        if os.fspath(path).endswith(".safetensors"):
-            return cls.from_safetensors(path, device)
-        from spap.train.checkpoint import load_checkpoint
-
-        return cls.from_state(load_checkpoint(path, kind="cyclegan"), device=device)
-
-    @classmethod
-    def from_state(
-        cls, state: Mapping[str, Any], device: str | torch.device = "auto"
-    ) -> Translator:
-        """From a loaded checkpoint dict (``spap.train.checkpoint.load_checkpoint``)."""
-        from spap.config import from_dict
-        from spap.train.cyclegan import CycleGANConfig, build_networks
-
-        where = state.get("path", "checkpoint")
-        if state.get("kind") != "cyclegan":
-            raise CheckpointError(
-                f"{where} is a {state.get('kind')!r} checkpoint, but a 'cyclegan' checkpoint is needed"
-            )
-        cfg = from_dict(CycleGANConfig, state["config"])
-        nets = build_networks(cfg.model)
-        models = state["task"]["models"]
-        for name in ("G_A", "G_B"):
-            try:
-                nets[name].load_state_dict(models[name])
-            except (KeyError, RuntimeError) as exc:
-                raise CheckpointError(
-                    f"{where}: cannot load {name}: {str(exc).splitlines()[0]}"
-                ) from None
-        # AtoB is always from the folder's A domain: a run with data.direction=BtoA trained
-        # G_A on B -> A.
-        swap = cfg.data.direction == "BtoA"
-        gens = {"AtoB": nets["G_B" if swap else "G_A"], "BtoA": nets["G_A" if swap else "G_B"]}
-        return cls(gens, state["config"], device=device)
-
-    @classmethod
-    def from_safetensors(
-        cls, path: str | os.PathLike, device: str | torch.device = "auto"
-    ) -> Translator:
-        """From a generator exported with ``spap export --format safetensors``."""
-        from safetensors import safe_open
-
-        from spap.config import from_dict
-        from spap.models.cyclegan import build_generator
-        from spap.train.cyclegan import CycleGANConfig
-
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        if meta.get("format") != "spap-cyclegan-generator":
-            raise CheckpointError(f"{path}: not a generator exported by spap export")
-        config = json.loads(meta["config"])
-        cfg = from_dict(CycleGANConfig, config)
-        g = build_generator(cfg.model, int(meta["input_nc"]), int(meta["output_nc"]))
-        g.load_state_dict(tensors)
-        return cls({meta["direction"]: g}, config, device=device)
+        loaded = load_generators(path, kind="cyclegan")
+        return cls(loaded.generators, device, info=loaded.info, source=loaded.source)
 
     # -- tensors and PIL images
     def generator(self, direction: str = "AtoB") -> nn.Module:
@@ -330,7 +223,10 @@ class Translator:
         is_pil = isinstance(x, Image.Image)
         t = _pil_to_tensor(x) if is_pil else x
         if not isinstance(t, Tensor):
-            raise TypeError(f"expected a tensor or a PIL image, got {type(x).__name__}")
+            raise TypeError(
+                f"expected a tensor or a PIL image, got {type(x).__name__} (for a NumPy "
+                "array (H, W, C) of uint8: Image.fromarray(array))"
+            )
         single = t.dim() == 3
         if single:
             t = t.unsqueeze(0)
@@ -344,8 +240,9 @@ class Translator:
         x = x.to(self.device, torch.float32)
         padded, (h, w) = pad_to_multiple(x, 4)
         if attention:
-            y, raw = g.forward_with_attention(padded)
-            maps = attention_maps(raw, g, tuple(padded.shape[-2:]))
+            with record_attention(g) as raw:
+                y = g(padded)
+            maps = attention_maps(raw, tuple(padded.shape[-2:]))
             full = {}
             for k, m in maps.items():
                 # maps cover the padded image: bring them to its size, then crop like y
@@ -369,7 +266,8 @@ class Translator:
         self, x: Tensor | Image.Image, direction: str = "AtoB"
     ) -> tuple[Tensor | Image.Image, dict[str, Tensor]]:
         """Like :meth:`translate`, plus ``{unit map name: (N, 1, H, W) in [0, 1]}`` at the
-        image's size (empty without attention units; see :func:`attention_maps`)."""
+        image's size (empty without attention units; see
+        :func:`spap.viz.attention.attention_maps`)."""
         t, single, is_pil = self._prepare(x)
         y, maps = self._run(t, direction, attention=True)
         if is_pil:
@@ -528,6 +426,12 @@ def _prefetched(iterable: Any, depth: int = 2) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join()
+
+
+def _units(g: nn.Module) -> Iterator[Any]:
+    from spap.layers import attention_units
+
+    return (unit for _, unit in attention_units(g))
 
 
 def _same_size(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

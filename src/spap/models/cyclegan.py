@@ -58,13 +58,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import init
-from torch.nn.utils import parametrize
 
 from spap.config import option, suggest
 from spap.errors import CheckpointError, ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.layers.attention import check_attention_options
+from spap.models.init import init_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,6 @@ __all__ = [
     "build_generator",
     "convert_reference_discriminator",
     "convert_reference_generator",
-    "init_weights",
     "load_reference_discriminator",
     "load_reference_generator",
     "load_weights",
@@ -224,47 +222,6 @@ def discriminator_slots(places: list[int], n_layers: int) -> dict[str, int]:
 # ----------------------------------------------------------------------------- init
 
 
-@torch.no_grad()
-def init_weights(module: nn.Module, init_type: str = "normal", gain: float = 0.02) -> None:
-    """Initialise convs/linears (and batch norms) like the reference's ``init_weights``.
-
-    Conv/linear weights: N(0, gain) (``normal``), Xavier-normal or orthogonal with ``gain``,
-    or Kaiming-normal (fan-in); biases 0. BatchNorm: weight N(1, gain), bias 0. A spectrally
-    normalised layer has its raw weight initialised (and its power iteration restarted).
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            sn = parametrize.is_parametrized(m, "weight")
-            weight = m.parametrizations.weight.original if sn else m.weight
-            if init_type == "normal":
-                init.normal_(weight, 0.0, gain)
-            elif init_type == "xavier":
-                init.xavier_normal_(weight, gain=gain)
-            elif init_type == "kaiming":
-                init.kaiming_normal_(weight, a=0, mode="fan_in")
-            elif init_type == "orthogonal":
-                init.orthogonal_(weight, gain=gain)
-            else:
-                raise ConfigError(
-                    f"unknown init_type {init_type!r}; one of {', '.join(INIT_TYPES)}"
-                )
-            if m.bias is not None:
-                init.zeros_(m.bias)
-            if sn:
-                _restart_power_iteration(m)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
-            init.normal_(m.weight, 1.0, gain)
-            init.zeros_(m.bias)
-
-
-def _restart_power_iteration(m: nn.Module) -> None:
-    """Re-estimate the spectral-norm vectors of ``m`` for its (new) raw weight."""
-    for p in m.parametrizations.weight:
-        if hasattr(p, "_power_method") and hasattr(p, "_reshape_weight_to_matrix"):
-            original = m.parametrizations.weight.original
-            p._power_method(p._reshape_weight_to_matrix(original), 15)
-
-
 # ----------------------------------------------------------------------------- networks
 
 
@@ -300,39 +257,19 @@ class ResnetBlock(nn.Module):
 
 
 class _AttentionHost(nn.Module):
-    """Shared bits of the two networks: applying / recording the attention units."""
+    """Shared bits of the two networks: the attention units, applied by slot name.
+
+    Their maps are recorded with :func:`spap.layers.record_attention` (names
+    ``attention.<slot>``), as for any network holding units."""
 
     attention: nn.ModuleDict
 
-    def _attend(self, slot: str, x: Tensor, maps: dict[str, list[Tensor]] | None) -> Tensor:
-        if slot not in self.attention:
-            return x
-        unit = self.attention[slot]
-        if maps is None:
-            return unit(x)
-        y, m = unit.forward_with_attention(x)
-        maps[slot] = m
-        return y
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, None)
-
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """``(y, maps)``: output and ``{slot: unit maps}`` for every attention unit."""
-        maps: dict[str, list[Tensor]] = {}
-        y = self._run(x, maps)
-        return y, maps
-
-    def _run(self, x: Tensor, maps: dict[str, list[Tensor]] | None) -> Tensor:
-        raise NotImplementedError
+    def _attend(self, slot: str, x: Tensor) -> Tensor:
+        return self.attention[slot](x) if slot in self.attention else x
 
     @property
     def has_attention(self) -> bool:
         return len(self.attention) > 0
-
-    def feature_stride(self, slot: str) -> int:
-        """Downsampling factor of the features at an attention slot (input size / map size)."""
-        raise NotImplementedError
 
 
 class ResnetGenerator(_AttentionHost):
@@ -406,18 +343,15 @@ class ResnetGenerator(_AttentionHost):
         )
         self.places = {slot: slots[slot] for slot in self.attention}
 
-    def _run(self, x: Tensor, maps: dict[str, list[Tensor]] | None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for i, layer in enumerate(self.down):
-            x = self._attend(f"down_{i}", layer(x), maps)
+            x = self._attend(f"down_{i}", layer(x))
         for i, block in enumerate(self.trunk):
-            x = self._attend(f"block_{i}", block(x), maps)
+            x = self._attend(f"block_{i}", block(x))
         for i, layer in enumerate(self.up):
-            x = self._attend(f"up_{i}", layer(x), maps)
+            x = self._attend(f"up_{i}", layer(x))
         return self.head(x)
-
-    def feature_stride(self, slot: str) -> int:
-        return {"down_0": 2, "up_0": 2, "up_1": 1}.get(slot, 4)
 
 
 def _ordered(slots: Mapping[str, Any], n_blocks: int) -> list[str]:
@@ -465,14 +399,10 @@ class PatchDiscriminator(_AttentionHost):
             }
         )
 
-    def _run(self, x: Tensor, maps: dict[str, list[Tensor]] | None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = self._attend(f"layer_{i}", layer(x), maps)
+            x = self._attend(f"layer_{i}", layer(x))
         return self.head(x)
-
-    def feature_stride(self, slot: str) -> int:
-        # stride-2 layers 0..n_layers_d-1, then a stride-1 layer (4x4 convs shave a pixel)
-        return 2 ** min(int(slot.rsplit("_", 1)[1]) + 1, len(self.layers) - 1)
 
 
 def build_generator(
@@ -483,11 +413,13 @@ def build_generator(
     """The generator of a ``model`` config section (G_A: A->B by default; swap the channel
     counts for G_B)."""
     cfg = _as_config(cfg)
-    return ResnetGenerator(
+    g = ResnetGenerator(
         cfg,
         cfg.input_nc if input_nc is None else input_nc,
         cfg.output_nc if output_nc is None else output_nc,
     )
+    g.model_config = cfg  # what an export stores beside the weights
+    return g
 
 
 def build_discriminator(

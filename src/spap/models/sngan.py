@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from spap.config import option
-from spap.data.sampler import derive_seed
 from spap.errors import ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.layers.attention import check_attention_options
+from spap.models.init import init_weights
+from spap.seeds import derive_seed
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -229,35 +230,23 @@ class DBlock(nn.Module):
 # ----------------------------------------------------------------------------- networks
 
 
-def _weight(module: nn.Module) -> torch.Tensor | None:
-    """The trainable weight of a conv/linear, under spectral-norm wrappers too."""
-    parametrizations = getattr(module, "parametrizations", None)
-    if parametrizations is not None and "weight" in parametrizations:
-        return parametrizations.weight.original
-    if hasattr(module, "weight_orig"):
-        return module.weight_orig
-    return getattr(module, "weight", None)
+def _sngan_gain(name: str, m: nn.Module) -> float:
+    # the SNGAN code's xavier gains: sqrt(2) in the residual 3x3 convs, 1 elsewhere
+    return (
+        math.sqrt(2.0)
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and "conv" in name
+        else 1.0
+    )
 
 
 def _init_layers(modules: list[nn.Module], scheme: str) -> None:
     """SNGAN/BigGAN init of the ResNet layers (attention units keep their own init)."""
+    schemes = {"xavier": ("xavier_uniform", _sngan_gain), "orthogonal": ("orthogonal", 1.0)}
     if scheme == "default":
         return
+    name, gain = schemes[scheme]
     for root in modules:
-        for name, m in root.named_modules():
-            if not isinstance(m, (nn.Conv2d, nn.Linear)):
-                continue
-            w = _weight(m)
-            if w is None:
-                continue
-            residual = isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and "conv" in name
-            with torch.no_grad():
-                if scheme == "xavier":
-                    nn.init.xavier_uniform_(w, gain=math.sqrt(2.0) if residual else 1.0)
-                else:
-                    nn.init.orthogonal_(w)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(root, name, gain, batch_norm=False)
 
 
 class _AttentionHost(nn.Module):
@@ -430,7 +419,7 @@ def _options(cfg: SNGANConfig) -> dict[str, dict[str, Any]]:
 
 def build_generator(cfg: SNGANConfig) -> SNGANGenerator:
     """The generator described by a model config section."""
-    return SNGANGenerator(
+    g = SNGANGenerator(
         resolution=cfg.resolution,
         z_dim=cfg.z_dim,
         ch=cfg.g_ch,
@@ -439,6 +428,8 @@ def build_generator(cfg: SNGANConfig) -> SNGANGenerator:
         attention_options=_options(cfg),
         init=cfg.init,
     )
+    g.model_config = cfg  # what an export stores beside the weights
+    return g
 
 
 def build_discriminator(cfg: SNGANConfig) -> SNGANDiscriminator:

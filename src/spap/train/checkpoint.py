@@ -35,7 +35,8 @@ from spap.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 FORMAT = "spap-checkpoint"
-VERSION = 1
+#: Format version written by this release; older ones are upgraded by :func:`migrate`.
+VERSION = 2
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 #: Keys without which a checkpoint cannot be resumed from (it is skipped like a corrupt one).
 _RESUME_KEYS = ("step", "task")
@@ -63,14 +64,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder,
     flush, fsync, rename over ``path``. On any failure the old ``path`` is untouched and
-    the temporary file removed."""
+    the temporary file removed. The file gets the mode ``open()`` would give it (0666 less
+    the user's umask), so collaborators can read what the umask lets them read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -193,6 +202,38 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def _drop_keys(state: dict[str, Any], section: str, keys: tuple[str, ...]) -> None:
+    config = state.get("config")
+    part = config.get(section) if isinstance(config, dict) else None
+    if isinstance(part, dict):
+        for key in keys:
+            part.pop(key, None)
+
+
+def _v1_to_v2(state: dict[str, Any]) -> None:
+    # 0.2 removed the hand-written CPU convolution kernels and their two run keys.
+    _drop_keys(state, "run", ("winograd_min_size", "thin_conv_channels_last"))
+
+
+#: version -> the step that upgrades a checkpoint of that version to the next one.
+MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
+
+
+def migrate(state: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """Upgrade a loaded checkpoint dict, step by step, to :data:`VERSION` (in place; also
+    returned). Each step changes only what its release changed (removed or renamed config
+    keys, moved state); config keys a step does not know stay and are reported where they are
+    read (:func:`spap.config.from_dict` with ``unknown="warn"``)."""
+    version = state.get("version", 1)
+    if version < VERSION:
+        log.debug("%s: upgrading checkpoint format %d -> %d", source, version, VERSION)
+    while version < VERSION:
+        MIGRATIONS[version](state)
+        version += 1
+        state["version"] = version
+    return state
+
+
 def load_checkpoint(
     path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -250,10 +291,14 @@ def load_checkpoint(
             f"{file}: corrupt checkpoint (checksum mismatch: the file was damaged or modified "
             "after it was written)"
         )
-    if not isinstance(state.get("version", 0), int) or state.get("version", 0) > VERSION:
+    version = state.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{file}: corrupt checkpoint (format version {version!r})")
+    if version > VERSION:
         raise CheckpointError(
-            f"{file}: written by a newer spap (format version {state['version']}); upgrade spap"
+            f"{file}: written by a newer spap (format version {version}); upgrade spap"
         )
+    state = migrate(state, source=str(file))
     if kind is not None and state.get("kind") != kind:
         raise CheckpointError(
             f"{file} is a {state.get('kind')!r} checkpoint, but a {kind!r} checkpoint is needed"

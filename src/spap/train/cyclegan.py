@@ -27,7 +27,6 @@ Naming as in the reference: ``G_A: A -> B``, ``G_B: B -> A``, ``D_A`` judges dom
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -37,170 +36,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spap.config import RunConfig, option
-from spap.data.sampler import derive_seed
-from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
-from spap.errors import CheckpointError, ConfigError
+from spap.errors import CheckpointError
+from spap.layers import record_attention
 from spap.models.cyclegan import (
-    CycleGANModelConfig,
-    build_discriminator,
-    build_generator,
     convert_reference_discriminator,
     convert_reference_generator,
     load_weights,
 )
-from spap.train.losses import LOSSES, d_loss, g_loss
+from spap.seeds import derive_seed
+from spap.systems.cyclegan import NETWORKS, CycleGANConfig, CycleGANTrainConfig, build_networks
+from spap.train.context import RunContext
+from spap.train.losses import d_loss, g_loss
 from spap.train.pool import ImagePool
-from spap.train.runner import RunContext, Task
+from spap.train.task import Task
+from spap.viz.attention import attention_overlays
 
-__all__ = [
-    "NETWORKS",
-    "CycleGANConfig",
-    "CycleGANDataConfig",
-    "CycleGANTask",
-    "CycleGANTrainConfig",
-    "lr_factor",
-]
+__all__ = ["CycleGANTask", "initialise_networks", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
-#: The four networks of a CycleGAN, as named in checkpoints.
-NETWORKS = ("G_A", "G_B", "D_A", "D_B")
-
 _POOL_KEY = 0xC7C1  # mixed into the image pools' seeds
-
-
-@dataclasses.dataclass
-class CycleGANDataConfig:
-    """Training images: the CycleGAN layout (trainA/ trainB/) or aligned A|B images."""
-
-    root: str | None = option(None, "dataset folder (--data sets it)")
-    layout: str = option(
-        "auto",
-        "unaligned (root/trainA, root/trainB) | aligned (root/train/*: A|B side by side) | "
-        "auto (unaligned if root/trainA exists)",
-        choices=("auto", "unaligned", "aligned"),
-    )
-    phase: str = option("train", "sub-folder prefix: root/{phase}A, root/{phase}B or root/{phase}")
-    direction: str = option(
-        "AtoB", "AtoB or BtoA (swaps the roles of the A and B images)", choices=("AtoB", "BtoA")
-    )
-    preprocess: str = option(
-        "resize_and_crop",
-        "resize_and_crop | crop | scale_width | scale_width_and_crop | none "
-        "(see spap.data.transforms)",
-        choices=PREPROCESS_OPTIONS,
-    )
-    load_size: int = option(286, "resize target before the random crop (--size sets it)", min=1)
-    crop_size: int = option(256, "training crop size (--size N sets it to N)", min=4)
-    flip: bool = option(True, "random horizontal flips")
-    serial_batches: bool = option(
-        False, "pair A image i with B image i (unaligned); default: a random B image"
-    )
-    interpolation: str = option(
-        "bicubic", "resize filter", choices=("bicubic", "bilinear", "nearest")
-    )
-
-    def validate(self) -> None:
-        check_transform_options(self.preprocess, self.load_size, self.crop_size, prefix="data.")
-        if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") and (
-            self.crop_size % 4
-        ):
-            raise ConfigError(
-                f"data.crop_size must be a multiple of 4 (the generator downsamples twice), "
-                f"got {self.crop_size}"
-            )
-
-
-@dataclasses.dataclass
-class CycleGANTrainConfig:
-    """Losses, optimisers, schedule, and initialisation from earlier weights."""
-
-    batch_size: int = option(1, "images per iteration and rank (CycleGAN: 1)", min=1)
-    n_epochs: int = option(100, "epochs at the initial learning rate", min=0)
-    n_epochs_decay: int = option(100, "epochs of linear decay of the learning rate to 0", min=0)
-    loss: str = option(
-        "lsgan", "adversarial loss: lsgan (CycleGAN) | vanilla | hinge", choices=tuple(LOSSES)
-    )
-    lr: float = option(2e-4, "Adam learning rate of G and D", min=0.0)
-    betas: tuple[float, float] = option((0.5, 0.999), "Adam betas", min=0.0, max=1.0)
-    lambda_A: float = option(10.0, "weight of the cycle loss A -> B -> A", min=0.0)
-    lambda_B: float = option(10.0, "weight of the cycle loss B -> A -> B", min=0.0)
-    lambda_identity: float = option(
-        0.5,
-        "identity loss weight relative to lambda_A / lambda_B (0 disables it)",
-        min=0.0,
-    )
-    pool_size: int = option(50, "image pool size per discriminator (0: no pool)", min=0)
-    init_from: str | None = option(
-        None,
-        "start from the weights of a spap CycleGAN checkpoint or run folder (non-strict: "
-        "attention units absent from it keep their initial values)",
-    )
-    init_networks: dict[str, str] = option(
-        default_factory=dict,
-        help="start single networks from files: {G_A: latest_net_G_A.pth, ...}; a reference "
-        "CycleGAN state dict or a spap checkpoint (non-strict, like init_from)",
-    )
-    num_visuals: int = option(4, "images per row of the sample grids", min=1)
-    batched_forwards: str = option(
-        "auto",
-        "run forwards that share a network as one batch: G_B on [B, A], G_A on [A, B, "
-        "G_B(B)], each D on [real, fake] (same losses with per-sample norms): always | never | "
-        "auto (for images up to 128x128: faster at 64 px, slower at 256 px on CPU); never with "
-        "model.norm=batch, whose statistics would mix the images",
-        choices=("auto", "always", "never"),
-    )
-
-    def validate(self) -> None:
-        if len(self.betas) != 2:
-            raise ConfigError(f"train.betas: expected two numbers, got {self.betas!r}")
-        if self.n_epochs + self.n_epochs_decay < 1:
-            raise ConfigError("train.n_epochs + train.n_epochs_decay must be at least 1")
-        for name in self.init_networks:
-            if name not in NETWORKS:
-                raise ConfigError(
-                    f"train.init_networks: unknown network {name!r}; one of {', '.join(NETWORKS)}"
-                )
-
-
-@dataclasses.dataclass
-class CycleGANConfig:
-    """CycleGAN: ResNet generators, PatchGAN discriminators, LSGAN + cycle + identity losses."""
-
-    run: RunConfig = option(default_factory=RunConfig)
-    data: CycleGANDataConfig = option(default_factory=CycleGANDataConfig)
-    model: CycleGANModelConfig = option(default_factory=CycleGANModelConfig)
-    train: CycleGANTrainConfig = option(default_factory=CycleGANTrainConfig)
-
-    def validate(self) -> None:
-        n = self.model.n_layers_d
-        if self.data.preprocess != "none" and self.data.crop_size < 3 * 2**n:
-            raise ConfigError(
-                f"data.crop_size {self.data.crop_size} is too small for a PatchGAN with "
-                f"model.n_layers_d={n} (needs at least {3 * 2**n}); use a larger size or "
-                f"model.n_layers_d={max(1, (self.data.crop_size // 3).bit_length() - 1)}"
-            )
-        if self.train.lambda_identity > 0 and self.model.input_nc != self.model.output_nc:
-            raise ConfigError(
-                "train.lambda_identity > 0 needs model.input_nc == model.output_nc "
-                "(set train.lambda_identity=0)"
-            )
 
 
 def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     """Learning-rate multiplier of (0-based) ``epoch`` (the reference's ``lambda`` policy)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
-
-
-def build_networks(cfg: CycleGANModelConfig) -> dict[str, nn.Module]:
-    """G_A (A->B), G_B (B->A), D_A (judges B), D_B (judges A) of a model config."""
-    return {
-        "G_A": build_generator(cfg, cfg.input_nc, cfg.output_nc),
-        "G_B": build_generator(cfg, cfg.output_nc, cfg.input_nc),
-        "D_A": build_discriminator(cfg, cfg.output_nc),
-        "D_B": build_discriminator(cfg, cfg.input_nc),
-    }
 
 
 def _network_weights(path: str, name: str) -> dict[str, torch.Tensor]:
@@ -288,14 +148,7 @@ class CycleGANTask(Task):
         # is smaller), shown by visuals()
         self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    # -- configuration hooks
-    @staticmethod
-    def apply_size(cfg_dict: dict[str, Any], size: int) -> None:
-        """``--size N``: crop size N, load size round(N * 286 / 256) (the reference's ratio)."""
-        data = cfg_dict.setdefault("data", {})
-        data["crop_size"] = size
-        data["load_size"] = round(size * 286 / 256)
-
+    # -- data
     def build_dataset(self) -> torch.utils.data.Dataset:
         from spap.data import build_dataset
 
@@ -368,7 +221,7 @@ class CycleGANTask(Task):
             losses["idt_A"] = F.l1_loss(idt_A.float(), real_B.float()) * tc.lambda_B * lam_idt
             losses["idt_B"] = F.l1_loss(idt_B.float(), real_A.float()) * tc.lambda_A * lam_idt
         loss_G = sum(losses.values())
-        ctx.optimize(loss_G, self.opt_G, name="loss_G")
+        ctx.optimize(loss_G, self.opt_G, "loss_G", max_norm=tc.clip_grad_norm)
         self.D_A.requires_grad_(True)
         self.D_B.requires_grad_(True)
 
@@ -384,7 +237,8 @@ class CycleGANTask(Task):
                 real_A_logits, fake_A_logits = self.D_B(real_A), self.D_B(pooled_A)
         losses["D_A"] = d_loss(tc.loss, real_B_logits, fake_B_logits)
         losses["D_B"] = d_loss(tc.loss, real_A_logits, fake_A_logits)
-        ctx.optimize(losses["D_A"] + losses["D_B"], self.opt_D, name="loss_D")
+        loss_D = losses["D_A"] + losses["D_B"]
+        ctx.optimize(loss_D, self.opt_D, "loss_D", max_norm=tc.clip_grad_norm)
 
         n = tc.num_visuals
         pairs = list(zip(real_A[:n].detach(), real_B[:n].detach()))
@@ -423,8 +277,6 @@ class CycleGANTask(Task):
         units, each generator unit's maps as heat-map overlays on its input."""
         if not self._recent:
             return {}
-        from spap.inference.translate import attention_overlays
-
         shape_a, shape_b = self._recent[-1][0].shape, self._recent[-1][1].shape
         recent = [(a, b) for a, b in self._recent if a.shape == shape_a and b.shape == shape_b]
         real_A = torch.stack([a for a, _ in recent])
@@ -433,9 +285,11 @@ class CycleGANTask(Task):
         self.G_A.eval()
         self.G_B.eval()
         try:
-            fake_B, maps_A = self.G_A.forward_with_attention(real_A)
+            with record_attention(self.G_A) as maps_A:
+                fake_B = self.G_A(real_A)
             rec_A = self.G_B(fake_B)
-            fake_A, maps_B = self.G_B.forward_with_attention(real_B)
+            with record_attention(self.G_B) as maps_B:
+                fake_A = self.G_B(real_B)
             rec_B = self.G_A(fake_A)
         finally:
             for name, net in self.nets.items():
@@ -449,6 +303,6 @@ class CycleGANTask(Task):
             "rec_B": rec_B,
         }
         rows = {k: v.float().cpu() for k, v in rows.items()}
-        rows.update(attention_overlays(rows["real_A"], maps_A, self.G_A, prefix="G_A"))
-        rows.update(attention_overlays(rows["real_B"], maps_B, self.G_B, prefix="G_B"))
+        rows.update(attention_overlays(rows["real_A"], maps_A, prefix="G_A"))
+        rows.update(attention_overlays(rows["real_B"], maps_B, prefix="G_B"))
         return rows

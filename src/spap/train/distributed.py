@@ -45,20 +45,6 @@ def env_info() -> DistInfo:
     )
 
 
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from spap.errors import ConfigError
-
-        raise ConfigError(f"run.device: {spec!r} asked for, but CUDA is not available here")
-    return device
-
-
 def init(info: DistInfo, backend: str, device: torch.device) -> None:
     """Join the process group (no-op for one process)."""
     if not info.enabled or dist.is_initialized():

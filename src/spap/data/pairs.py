@@ -1,4 +1,4 @@
-"""Aligned ``A|B`` test pairs for scoring: label image, photo, ground-truth ids.
+"""Aligned ``A|B`` pairs: label image, photo, ground-truth ids (training and scoring).
 
 An aligned folder (pix2pix layout) holds images with two halves side by side. Which half
 holds the labels is a setting: ``labels_domain="A"`` (left, the built-in scenes' layout) or
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spap.data.io import list_images, read_image
+from spap.data.labels import LabelSpace, cityscapes_label_to_train_ids
 from spap.errors import DataError
-from spap.eval.segmentation import LabelSpace, cityscapes_label_to_train_ids
 
 __all__ = [
     "AlignedPairs",
@@ -102,8 +103,6 @@ class AlignedPairs:
         gt_ids: str | Path | None = None,
         ids_format: str = "train",
     ) -> None:
-        from spap.data.io import list_images
-
         if labels_domain not in ("A", "B"):
             raise DataError(f"labels_domain must be 'A' or 'B', got {labels_domain!r}")
         if ids_format not in ("train", "cityscapes-label"):
@@ -134,8 +133,6 @@ class AlignedPairs:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """``{"name", "label": (H,W,3) uint8, "photo": (H,W,3) uint8, "ids": (H,W) int64}``."""
-        from spap.data.io import read_image
-
         path = self.files[i]
         im = np.asarray(read_image(path))
         w = im.shape[1] // 2
