@@ -11,13 +11,11 @@ For each configuration (256x256 / 9 blocks / ngf=ndf=64, 128x128 / 6 blocks / 64
    report medians, the speedup (goal: >= 1.2x) and spap's conv+matmul FLOP/s as a
    fraction of the same run's matmul FLOP/s (goal: >= 0.85). FLOPs are the reference
    iteration's, counted with ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add
-   = 2, backward included): where spap runs Winograd kernels it does fewer
-   multiplications for the same work, so its figure is an effective rate.
+   = 2, backward included); spap does the same convolutions.
 
 ``--levers`` instead measures each optimisation applied alone to the reference iteration
-(channels_last, torch.compile, batched forwards, reflect padding inside the conv, Winograd
-3x3 convolutions, image layers as row products, foreach/fused Adam), interleaved with the
-unmodified reference.
+(channels_last, torch.compile, batched forwards, reflect padding inside the conv,
+foreach/fused Adam), interleaved with the unmodified reference.
 
     python benchmarks/perf_cyclegan.py                 # all three configs
     python benchmarks/perf_cyclegan.py --quick         # 64 and 128 only, fewer repeats
@@ -312,8 +310,7 @@ def run_goal(name: str, repeats: int, overrides: dict[str, Any]) -> dict[str, An
         repeats,
         warmup=1 if size >= 256 else 2,
     )
-    # the reference's conv + matmul FLOPs are the work of the iteration; spap's own count
-    # is lower where Winograd kernels (invisible to the counter) replace convolutions
+    # the reference's conv + matmul FLOPs are the work of the iteration (spap's are the same)
     ref_flops = C.count_flops(lambda: ref.train_step(batches[0]))
     flops = ref_flops
     t_ref, t_ours = C.median(times["reference"]), C.median(times["spap"])

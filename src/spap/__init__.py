@@ -12,11 +12,11 @@ __all__ = ["SPAP", "SelfAttention", "__version__"]
 
 def __getattr__(name: str) -> object:
     if name == "SPAP":
-        from spap.layers.spap import SPAP
+        from spap.layers.spap import SPAP  # noqa: PLC0415 - lazy: `spap --help` needs no torch
 
         return SPAP
     if name == "SelfAttention":
-        from spap.layers.sagan import SelfAttention
+        from spap.layers.sagan import SelfAttention  # noqa: PLC0415 - lazy, as SPAP above
 
         return SelfAttention
     raise AttributeError(f"module 'spap' has no attribute {name!r}")

@@ -119,14 +119,14 @@ def test_sample_grid_write_failure_only_warns(
 ) -> None:
     """Sample pictures are not worth a run: their write errors are a warning; the run goes
     on (a full disk then stops it at the next checkpoint, as above)."""
-    import spap.viz.grid as grid
+    import spap.train.logger as logger  # the module that calls save_grid
 
     data = image_folder(tmp_path / "data")
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(grid, "save_grid", no_space)
+    monkeypatch.setattr(logger, "save_grid", no_space)
     monkeypatch.setattr(CliToyTask, "visuals", lambda self: {"x": torch.zeros(1, 3, 8, 8)})
     with caplog.at_level(logging.WARNING):
         summary = run(

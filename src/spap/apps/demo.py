@@ -32,8 +32,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
+from spap.apps.report import Report, read_scalars
+from spap.config import from_dict, merge, read_yaml, to_dict
+from spap.data.labels import get_label_space, nearest_palette
+from spap.data.pairs import AlignedPairs, to_tensor
+from spap.data.scenes import SCENE_CLASSES, write_scenes
+from spap.devices import pick_device
 from spap.errors import SpapError
+from spap.eval.fcn import fcn_score
+from spap.inference.translate import Translator
+from spap.models.segnet import build_segnet, load_segnet, predict_ids
+from spap.systems.cyclegan import CycleGANConfig, apply_size
+from spap.train import distributed as D
+from spap.train.context import RunContext
+from spap.train.cyclegan import CycleGANTask
+from spap.train.loop import run
+from spap.train.segnet import train_segnet
+from spap.viz.attention import overlay
 
 __all__ = ["DemoPlan", "plan_demo", "run_demo"]
 
@@ -98,8 +115,6 @@ def _prepare_out(out: Path) -> None:
 
 def write_data(root: Path, plan: DemoPlan, seed: int) -> dict[str, Any]:
     """The scenes (CycleGAN + aligned layouts, ground-truth ids) in ``root``."""
-    from spap.data.scenes import write_scenes
-
     n = plan.n_train + plan.n_test
     return write_scenes(root, n=n, size=plan.size, seed=seed, test_fraction=plan.n_test / n)
 
@@ -108,9 +123,6 @@ def cyclegan_config(
     data_root: Path, plan: DemoPlan, seed: int, device: str, steps: int | None
 ) -> Any:
     """The demo's CycleGAN config: ``configs/cyclegan/scenes_spap.yaml`` at ``plan.size``."""
-    from spap.config import from_dict, merge, read_yaml
-    from spap.systems.cyclegan import CycleGANConfig, apply_size
-
     data = read_yaml(DEMO_CONFIG)
     apply_size(data, plan.size)
     total = steps or 1
@@ -147,13 +159,6 @@ def _seconds_per_step(step: Callable[[], Any], warmup: int = 1, repeat: int = 3)
 def probe_cyclegan(cfg: Any) -> float:
     """Seconds per CycleGAN iteration of ``cfg`` on this machine (a few real steps on a
     throw-away copy of the networks)."""
-    from torch.utils.data import default_collate
-
-    from spap.devices import pick_device
-    from spap.train import distributed as D
-    from spap.train.context import RunContext
-    from spap.train.cyclegan import CycleGANTask
-
     device = pick_device(cfg.run.device)
     task = CycleGANTask(cfg, RunContext(cfg.run, device, D.env_info()))
     ds = task.build_dataset()
@@ -164,9 +169,6 @@ def probe_cyclegan(cfg: Any) -> float:
 
 def probe_segnet(size: int, num_classes: int, device: str) -> float:
     """Seconds per training step of the small segmentation net (batch 16)."""
-    from spap.devices import pick_device
-    from spap.models.segnet import build_segnet
-
     dev = pick_device(device)
     size = math.ceil(size / 8) * 8  # the small net pools three times; train_segnet rounds so too
     net = build_segnet("small", num_classes).to(dev).train()
@@ -188,9 +190,6 @@ def probe_segnet(size: int, num_classes: int, device: str) -> float:
 
 def _test_batch(data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` aligned test pairs: labels (A), photos (B) in [-1, 1], gt ids."""
-    from spap.data.labels import get_label_space
-    from spap.data.pairs import AlignedPairs, to_tensor
-
     pairs = AlignedPairs(data_root, get_label_space("scenes"), "test", "A")
     items = [pairs[i] for i in range(min(n, len(pairs)))]
     labels = torch.stack([to_tensor(s["label"]) for s in items])
@@ -200,8 +199,6 @@ def _test_batch(data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def _colorize(ids: torch.Tensor) -> torch.Tensor:
-    from spap.data.labels import get_label_space
-
     rgb = get_label_space("scenes").colorize(ids.cpu().numpy())  # (N, H, W, 3) uint8
     return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -229,10 +226,6 @@ def build_report(
     num_visuals: int = 8,
 ) -> Path:
     """``out/index.html`` of a trained demo run (see the module doc)."""
-    from spap.apps.report import Report, read_scalars
-    from spap.models.segnet import predict_ids
-    from spap.viz.attention import overlay
-
     labels, photos, ids = _test_batch(data_root, num_visuals)
     fake_B, maps_A = translator.translate_with_attention(labels, "AtoB")
     fake_A, maps_B = translator.translate_with_attention(photos, "BtoA")
@@ -335,8 +328,6 @@ def build_report(
 
 
 def _nearest_ids(images: torch.Tensor) -> torch.Tensor:
-    from spap.data.labels import get_label_space, nearest_palette
-
     space = get_label_space("scenes")
     rgb = ((images.clamp(-1, 1) + 1) * 127.5).round()
     return nearest_palette(rgb, np.array(space.colors))
@@ -387,15 +378,6 @@ def _machine_busy() -> bool:
 def _run_demo(
     out: Path, minutes: float, size: int, seed: int, device: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
-    from spap.config import to_dict
-    from spap.devices import pick_device
-    from spap.eval.fcn import fcn_score
-    from spap.inference.translate import Translator
-    from spap.models.segnet import load_segnet
-    from spap.train.cyclegan import CycleGANTask
-    from spap.train.loop import run
-    from spap.train.segnet import train_segnet
-
     t_start = time.perf_counter()
     plan = plan_demo(minutes, size)
     _prepare_out(out)
@@ -494,6 +476,4 @@ def _run_demo(
 
 
 def _num_classes() -> int:
-    from spap.data.scenes import SCENE_CLASSES
-
     return len(SCENE_CLASSES)

@@ -17,11 +17,16 @@ import html
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from torchvision.transforms.functional import to_pil_image
+
+from spap.viz.grid import rows_grid
 
 __all__ = ["Report", "format_value", "html_table", "line_chart_svg", "read_scalars"]
 
@@ -162,7 +167,7 @@ def line_chart_svg(
 def read_scalars(logdir: str | os.PathLike, prefix: str = "") -> dict[str, list[tuple[int, float]]]:
     """Scalars of the TensorBoard event files in ``logdir``: ``{tag: [(step, value), ...]}``
     for tags starting with ``prefix`` (the prefix is removed from the names), by step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415 - optional dependency (spap[train])
 
     if not Path(logdir).is_dir():
         return {}
@@ -184,13 +189,9 @@ def read_scalars(logdir: str | os.PathLike, prefix: str = "") -> dict[str, list[
 
 
 def _to_pil(image: Any):
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
-        from torchvision.transforms.functional import to_pil_image
-
         t = image.detach().float().cpu()
         if t.dim() == 4:
             t = t[0]
@@ -236,10 +237,6 @@ class Report:
     def image(self, image: Any, name: str, caption: str = "", scale: float = 1.0) -> Path:
         """Save ``image`` (a (3, H, W) tensor in [-1, 1], a PIL image, or an existing file,
         copied) as ``name``.png and show it, ``scale`` times its size."""
-        import shutil
-
-        from PIL import Image
-
         path = self.dir / self._name(name)
         if isinstance(image, (str, os.PathLike)):
             if Path(image).resolve() != path.resolve():
@@ -268,8 +265,6 @@ class Report:
     ) -> Path:
         """One grid image, a row per entry of ``visuals`` (``(n, 3, h, w)`` in [-1, 1]); the
         row names go into the caption. Small images are shown enlarged."""
-        from spap.viz.grid import rows_grid
-
         g = rows_grid(dict(visuals), max_cols=max_cols)
         if scale is None:
             h = next(iter(visuals.values())).shape[-2]

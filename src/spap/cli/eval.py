@@ -7,6 +7,8 @@ import logging
 import math
 from typing import Any
 
+from spap.errors import SpapError
+
 log = logging.getLogger(__name__)
 
 INCEPTION = "inception-v3-compat"  # spap.eval.fidelity.INCEPTION (not imported: keeps --help fast)
@@ -234,8 +236,6 @@ def fidelity_main(args: argparse.Namespace) -> int:
     kid = args.kid or args.metric == "kid"
     isc = args.isc or args.metric == "is"
     if (fid or kid) and not getattr(args, "real", None):
-        from spap.errors import SpapError
-
         raise SpapError("FID and KID need --real")
     if args.feature_extractor != INCEPTION:
         log.info(
@@ -312,7 +312,6 @@ def fcn_main(args: argparse.Namespace) -> int:
 
 
 def paired_main(args: argparse.Namespace) -> int:
-    from spap.errors import SpapError
     from spap.eval.paired import paired_metrics, paired_score
 
     if args.checkpoint or args.data:

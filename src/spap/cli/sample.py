@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spap.errors import SpapError
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from spap.errors import SpapError
     from spap.inference.sample import Sampler
 
     if args.num < 1:

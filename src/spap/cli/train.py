@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from spap.errors import SpapError
+from spap.errors import Preempted, SpapError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ def _check_writable(out: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from spap.errors import Preempted
     from spap.systems import get_system
     from spap.train.checkpoint import list_checkpoints, load_for_resume
     from spap.train.loop import run

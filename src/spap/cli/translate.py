@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spap.errors import SpapError
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from spap.errors import SpapError
     from spap.inference.translate import Translator
 
     if args.batch_size < 1:

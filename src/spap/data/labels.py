@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.datasets import Cityscapes
 
+from spap.data.scenes import SCENE_CLASSES, SCENE_PALETTE
 from spap.errors import SpapError
 
 __all__ = [
@@ -132,8 +134,6 @@ class LabelSpace:
 @functools.lru_cache(maxsize=1)
 def _cityscapes_classes() -> tuple[Any, ...]:
     # The official Cityscapes label table (cityscapesScripts labels.py), as torchvision ships it.
-    from torchvision.datasets import Cityscapes
-
     return tuple(Cityscapes.classes)
 
 
@@ -167,8 +167,6 @@ def _cityscapes_space() -> LabelSpace:
 
 
 def _scenes_space() -> LabelSpace:
-    from spap.data.scenes import SCENE_CLASSES, SCENE_PALETTE
-
     return LabelSpace.from_palette("scenes", tuple(SCENE_CLASSES), SCENE_PALETTE)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from spap.errors import ConfigError, DataError
 from spap.seeds import derive_seed
@@ -574,8 +575,6 @@ def write_scenes(
     jobs = [("train", i) for i in range(n_train)] + [("test", j) for j in range(n_test)]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs), desc="scenes", unit="img")
     try:
         for split, i in jobs:

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+import spap.inference
 from spap.data.labels import get_label_space
 from spap.data.pairs import AlignedPairs, resize_ids, resize_rgb, to_tensor
 from spap.devices import pick_device
@@ -111,9 +113,7 @@ def fcn_score(
         "num_images": n, "size": size, "palette": name}`` (scores as
         :func:`~spap.eval.segmentation.scores_from_confusion`).
     """
-    from PIL import Image
-
-    from spap.eval.fidelity import to_uint8
+    from spap.eval.fidelity import to_uint8  # noqa: PLC0415 - it imports torch-fidelity (spap[eval])
 
     if direction not in DIRECTIONS:
         raise SpapError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -146,8 +146,6 @@ def fcn_score(
     net_size = seg_cfg.get("size")
 
     if isinstance(translator, (str, Path)):
-        import spap.inference
-
         translator = spap.inference.load(translator, device=str(dev))
     if not hasattr(translator, "translate"):
         raise SpapError("the checkpoint is not a translation model (CycleGAN)")

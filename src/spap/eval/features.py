@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import vassert
 
+from spap.models.segnet import load_segnet
+
 __all__ = ["SEGNET_FEATURES", "SegNetFeatureExtractor"]
 
 #: Registered name of :class:`SegNetFeatureExtractor`.
@@ -48,8 +50,6 @@ class SegNetFeatureExtractor(FeatureExtractorBase):
             feature_extractor_weights_path is not None,
             f"feature extractor {name!r} needs a segmentation checkpoint as its weights file",
         )
-        from spap.models.segnet import load_segnet
-
         self.net, config = load_segnet(feature_extractor_weights_path)
         self.size = config.get("size")
         self.requires_grad_(False)

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_clip import FeatureExtractorCLIP
@@ -63,11 +64,19 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
 from torch_fidelity.generative_model_base import GenerativeModelBase
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.registry import register_feature_extractor as _register
+from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
+import spap.inference
+from spap.data.io import list_images, read_image
 from spap.devices import pick_device
 from spap.errors import CheckpointError, DataError, SpapError
 from spap.eval.cache import FidelityCache
+from spap.eval.features import SEGNET_FEATURES, SegNetFeatureExtractor
 from spap.models.segnet import weights_only_failure
 from spap.train.checkpoint import state_digest
 
@@ -134,8 +143,6 @@ def register_feature_extractor(
     network without downloading anything; with ``needs_weights`` a weights file is required.
     Registering the same class twice is a no-op.
     """
-    from torch_fidelity.registry import register_feature_extractor as _register
-
     if FEATURE_EXTRACTORS_REGISTRY.get(name) is cls:
         return
     if name in FEATURE_EXTRACTORS_REGISTRY:
@@ -150,8 +157,6 @@ def register_feature_extractor(
 
 
 def _register_builtin() -> None:
-    from spap.eval.features import SEGNET_FEATURES, SegNetFeatureExtractor
-
     register_feature_extractor(SEGNET_FEATURES, SegNetFeatureExtractor)
 
 
@@ -304,10 +309,6 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        import torchvision.transforms.functional as TF
-
-        from spap.data.io import read_image
-
         im = read_image(self.files[i])
         if self.size:
             im = TF.center_crop(TF.resize(im, self.size), self.size)
@@ -390,8 +391,6 @@ def _folder_key(root: Path, files: list[Path], size: int | None) -> str:
 
 
 def _load_sampler(path: Path, device: str | torch.device | None) -> Any:
-    import spap.inference
-
     obj = spap.inference.load(path, device=str(device or "auto"))
     if not hasattr(obj, "sample"):
         raise CheckpointError(
@@ -434,8 +433,6 @@ def _resolve(
         model = SamplerModel(_load_sampler(p, device), seed, batch_size)
         return _Source("model", model, count=_need_num(num_samples))
     if p.is_dir():
-        from spap.data.io import list_images
-
         files = list_images(p)
         if not files:
             raise DataError(f"no images in {p}")
@@ -629,8 +626,6 @@ class _Features:
         self._extractor: FeatureExtractorBase | None = None
 
     def extractor(self) -> FeatureExtractorBase:
-        from torch_fidelity.utils import create_feature_extractor
-
         if self._extractor is None:
             self._extractor = create_feature_extractor(self.fe, self.layers, **self.kwargs)
         return self._extractor
@@ -642,8 +637,6 @@ class _Features:
         return name, f"{src.key}\n{self.fe_tag}"
 
     def features(self, slot: int, src: _Source) -> dict[str, torch.Tensor]:
-        from torch_fidelity.utils import extract_featuresdict_from_input_id
-
         entry = self._entry(src)
         if entry is not None:
             assert self.cache is not None
@@ -663,8 +656,6 @@ class _Features:
     def fid_stats(
         self, slot: int, src: _Source, layer: str, feats: dict[str, torch.Tensor] | None
     ) -> dict[str, np.ndarray]:
-        from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
-
         if src.kind == "stats":
             assert src.stats is not None
             return {"mu": np.asarray(src.stats["mu"]), "sigma": np.asarray(src.stats["sigma"])}
@@ -689,8 +680,6 @@ class _Features:
 
 
 def _fid(s1: dict[str, Any], s2: dict[str, Any], from_files: bool, verbose: bool) -> dict[str, Any]:
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
     if from_files:  # statistics files may hold float32 or float64: compare in float64
         s1, s2 = (
             {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)}
@@ -778,9 +767,6 @@ def compute_metrics(
         The numbers are torch-fidelity's (the same functions as
         :func:`torch_fidelity.calculate_metrics`).
     """
-    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
-    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
-
     if not (fid or kid or isc):
         raise SpapError("nothing to compute: ask for at least one of FID, KID, IS")
     weights, layer = _setup(

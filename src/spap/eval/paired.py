@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+import spap.inference
+from spap.data.io import list_images, read_image
+from spap.data.pairs import resize_rgb, split_dir, to_tensor
 from spap.errors import DataError
 
 __all__ = ["gaussian_window", "paired_metrics", "paired_score", "psnr", "ssim"]
@@ -83,10 +87,6 @@ def ssim(
 
 
 def _load(path: Path, half: str | None, size: tuple[int, int] | None) -> torch.Tensor:
-    from PIL import Image
-
-    from spap.data.io import read_image
-
     im = read_image(path)
     if half is not None:
         w = im.width // 2
@@ -116,8 +116,6 @@ def paired_metrics(
     Returns:
         ``{"psnr", "ssim", "num_images", "per_image": {stem: {"psnr", "ssim"}}}``.
     """
-    from spap.data.io import list_images
-
     real_files = {p.stem: p for p in list_images(real, recursive=False)}
     fake_list = list_images(fake, recursive=False)
     fake_files = {p.stem: p for p in fake_list}
@@ -186,17 +184,11 @@ def paired_score(
     Returns:
         ``{"psnr", "ssim", "num_images", "size", "per_image"}`` as :func:`paired_metrics`.
     """
-    from PIL import Image
-
-    from spap.data.io import list_images, read_image
-    from spap.data.pairs import resize_rgb, split_dir, to_tensor
-    from spap.eval.fidelity import to_uint8
+    from spap.eval.fidelity import to_uint8  # noqa: PLC0415 - it imports torch-fidelity (spap[eval])
 
     if source_half not in ("A", "B") or direction not in ("AtoB", "BtoA"):
         raise DataError("source_half must be A or B and direction AtoB or BtoA")
     if isinstance(translator, (str, Path)):
-        import spap.inference
-
         translator = spap.inference.load(translator, device=str(device or "auto"))
     if not hasattr(translator, "translate"):
         raise DataError("the checkpoint is not a translation model (CycleGAN)")

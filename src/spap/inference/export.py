@@ -20,6 +20,7 @@ drawn from N(0, 1), output (N, 3, R, R) in [-1, 1]; ONNX has a dynamic batch.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -27,19 +28,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.export import Dim
 
 from spap.config import to_dict
 from spap.errors import SpapError
+from spap.inference import load
 from spap.inference.loading import SAFETENSORS_FORMAT, load_generators, write_safetensors
+from spap.inference.sample import Sampler
+from spap.inference.translate import Translator
 from spap.layers import remove_spectral_norm
-
-if TYPE_CHECKING:
-    from spap.inference.sample import Sampler
-    from spap.inference.translate import Translator
 
 __all__ = ["FORMATS", "ExportResult", "export_generator"]
 
@@ -88,8 +88,6 @@ def _prepare_output(path: Path) -> None:
 def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
     """Write ONNX with dynamic batch (and height/width for images); fall back to fixed
     shapes. Returns whether the shapes are dynamic."""
-    from torch.export import Dim
-
     kwargs = dict(
         input_names=["input"],
         output_names=["output"],
@@ -120,14 +118,12 @@ def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool
 
 
 def _forward_args(g: nn.Module) -> list[str]:
-    import inspect
-
     return [n for n in inspect.signature(g.forward).parameters if n != "self"]
 
 
 def _run_onnx(path: Path, x: Tensor) -> Tensor:
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 - optional dependency (spap[export])
     except ImportError:
         raise SpapError(
             "checking an ONNX export needs onnxruntime: pip install onnxruntime"
@@ -218,16 +214,11 @@ def export_generator(
     a multiple of 4). Raises :class:`SpapError` if the exported model differs from the
     eager one by more than ``tolerance``.
     """
-    from spap.inference.sample import Sampler
-    from spap.inference.translate import Translator
-
     if format not in FORMATS:
         raise SpapError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
     if isinstance(checkpoint, (Translator, Sampler)):
         loaded = checkpoint
     else:
-        from spap.inference import load
-
         loaded = load(checkpoint, device="cpu")
     path = Path(output)
     if isinstance(loaded, Sampler):

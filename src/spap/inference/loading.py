@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from spap.errors import CheckpointError, SpapError
+from spap.layers import remove_spectral_norm
+from spap.models.cyclegan import build_generator
 from spap.systems import get_system, model_config
 from spap.systems.cyclegan import inference_generators
 from spap.train.checkpoint import atomic_write_bytes, load_checkpoint
@@ -76,8 +80,6 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
 
 def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]):
     """Write ``tensors`` with ``metadata`` and their digest, atomically."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {**metadata, "sha256": tensor_digest(tensors)}
     data = save(tensors, metadata=meta)
@@ -87,8 +89,6 @@ def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mappi
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
     """(metadata, tensors) of a safetensors file; one-line errors; the digest is checked
     when the file has one."""
-    from safetensors import safe_open
-
     name = os.fspath(path)
     try:
         with safe_open(name, framework="pt") as f:
@@ -116,8 +116,6 @@ def _load_state(
     """Load ``state`` into ``net``; ``baked``: an export, whose spectral norm was baked into
     plain weights (so it is removed from ``net`` first)."""
     if baked:
-        from spap.layers import remove_spectral_norm
-
         remove_spectral_norm(net.eval())
     try:
         net.load_state_dict(state)
@@ -160,7 +158,6 @@ def _from_safetensors(path: str | os.PathLike) -> LoadedGenerators:
         g = system.build_networks(cfg)["G"]
         _load_state(g, tensors, name, baked=True)
         return LoadedGenerators(kind, cfg, {"G": g.eval()}, name, info)
-    from spap.models.cyclegan import build_generator
 
     direction = meta.get("direction", "AtoB")
     if direction not in ("AtoB", "BtoA"):

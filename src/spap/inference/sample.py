@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from torchvision.utils import make_grid
 
+from spap.data.transforms import tensor_to_pil, to_tensor_image
 from spap.devices import pick_device
 from spap.errors import SpapError
 from spap.inference.loading import load_generators
@@ -56,8 +59,6 @@ def _is_complete_png(path: Path) -> bool:
 
 def _atomic_png(image: torch.Tensor, path: Path) -> None:
     """Write an image in [-1, 1] as PNG: temporary file + rename (never a half file)."""
-    from spap.data.transforms import tensor_to_pil
-
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -70,10 +71,6 @@ def _atomic_png(image: torch.Tensor, path: Path) -> None:
 
 
 def _read_png(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    from spap.data.transforms import to_tensor_image
-
     with Image.open(path) as img:
         return to_tensor_image(img.convert("RGB"))
 
@@ -239,8 +236,6 @@ class Sampler:
             if progress is not None:
                 progress(len(chunk))
         if grid:
-            from torchvision.utils import make_grid
-
             first = [_read_png(out / n) for n in names[:64]]
             g = make_grid(
                 torch.stack(first), nrow=math.ceil(math.sqrt(len(first))), padding=2, pad_value=-1.0
@@ -284,6 +279,4 @@ class Sampler:
 
 
 def _strip(images: torch.Tensor) -> torch.Tensor:
-    from torchvision.utils import make_grid
-
     return make_grid(images, nrow=images.shape[0], padding=2, pad_value=-1.0)

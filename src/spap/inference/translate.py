@@ -27,11 +27,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from spap.data.io import UnreadableImage, list_images, read_image
+from spap.data.transforms import save_image, tensor_to_pil, to_tensor_image
 from spap.devices import pick_device
 from spap.errors import DataError, SpapError
 from spap.inference.loading import load_generators
-from spap.layers import record_attention
+from spap.layers import attention_units, record_attention
 from spap.viz.attention import attention_maps, overlay
 
 __all__ = ["FolderResult", "Translator", "pad_to_multiple"]
@@ -65,8 +68,6 @@ def pad_to_multiple(
 
 
 def _pil_to_tensor(img: Image.Image) -> Tensor:
-    from spap.data.transforms import to_tensor_image
-
     if img.mode != "RGB":
         if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -128,9 +129,6 @@ class _Files(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from spap.data.io import UnreadableImage, read_image
-        from spap.data.transforms import to_tensor_image
-
         try:
             img = read_image(self.files[i])
         except UnreadableImage as exc:
@@ -257,8 +255,6 @@ class Translator:
         t, single, is_pil = self._prepare(x)
         y, _ = self._run(t, direction, attention=False)
         if is_pil:
-            from spap.data.transforms import tensor_to_pil
-
             return tensor_to_pil(y[0])
         return y[0] if single else y
 
@@ -271,8 +267,6 @@ class Translator:
         t, single, is_pil = self._prepare(x)
         y, maps = self._run(t, direction, attention=True)
         if is_pil:
-            from spap.data.transforms import tensor_to_pil
-
             return tensor_to_pil(y[0]), maps
         return (y[0] if single else y), maps
 
@@ -302,7 +296,6 @@ class Translator:
         """
         if half not in (None, "A", "B"):
             raise SpapError(f"half must be A or B, got {half!r}")
-        from spap.data.io import list_images
 
         self.generator(direction)  # fail early on a bad direction
         src = Path(input)
@@ -340,13 +333,9 @@ class Translator:
         pending: list[Future] = []
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(files), unit="img", desc=f"translate {direction}")
 
         def save(image: Tensor, path: Path, is_attention: bool) -> None:
-            from spap.data.transforms import save_image
-
             save_image(image, path)
             with lock:
                 if is_attention:
@@ -429,8 +418,6 @@ def _prefetched(iterable: Any, depth: int = 2) -> Iterator[Any]:
 
 
 def _units(g: nn.Module) -> Iterator[Any]:
-    from spap.layers import attention_units
-
     return (unit for _, unit in attention_units(g))
 
 

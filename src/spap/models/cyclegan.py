@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spap.config import option, suggest
+from spap.config import from_dict, option, suggest
 from spap.errors import CheckpointError, ConfigError
 from spap.layers import ATTENTION_KINDS, LayerFactory, build_attention
 from spap.layers.attention import check_attention_options
@@ -150,7 +150,6 @@ def _as_config(cfg: CycleGANModelConfig | Mapping[str, Any] | None) -> CycleGANM
         return CycleGANModelConfig()
     if isinstance(cfg, CycleGANModelConfig):
         return cfg
-    from spap.config import from_dict
 
     return from_dict(CycleGANModelConfig, cfg)
 

@@ -96,7 +96,7 @@ class TorchvisionSegNet(nn.Module):
 
     def __init__(self, arch: str, num_classes: int) -> None:
         super().__init__()
-        from torchvision.models import segmentation as tvseg
+        from torchvision.models import segmentation as tvseg  # noqa: PLC0415 - torchvision: ~1.3 s to import, only for these nets
 
         build = {"fcn_resnet50": tvseg.fcn_resnet50, "deeplabv3_resnet50": tvseg.deeplabv3_resnet50}
         self.model = build[arch](

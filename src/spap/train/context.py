@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._functorch import config
 
 from spap.config import RunConfig
 from spap.errors import ConfigError, NonFiniteLossError
@@ -293,8 +294,6 @@ class _CompiledCall:
 
 
 def _backward_lowered_with_forward() -> contextlib.AbstractContextManager:
-    from torch._functorch import config
-
     if hasattr(config, "force_non_lazy_backward_lowering"):
         return config.patch(force_non_lazy_backward_lowering=True)
     return contextlib.nullcontext()  # pragma: no cover - older torch: lowered lazily
@@ -303,7 +302,7 @@ def _backward_lowered_with_forward() -> contextlib.AbstractContextManager:
 def _is_compile_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from compiling (dynamo, AOTAutograd, inductor), not from
     running the network."""
-    from torch._dynamo.exc import TorchDynamoException
+    from torch._dynamo.exc import TorchDynamoException  # noqa: PLC0415 - torch._dynamo: ~1.3 s to import
 
     return isinstance(exc, TorchDynamoException) or type(exc).__module__.startswith(
         ("torch._dynamo", "torch._inductor", "torch._functorch")

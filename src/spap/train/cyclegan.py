@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spap.data import build_dataset, detect_layout
 from spap.errors import CheckpointError
 from spap.layers import record_attention
 from spap.models.cyclegan import (
@@ -45,6 +46,7 @@ from spap.models.cyclegan import (
 )
 from spap.seeds import derive_seed
 from spap.systems.cyclegan import NETWORKS, CycleGANConfig, CycleGANTrainConfig, build_networks
+from spap.train.checkpoint import load_checkpoint
 from spap.train.context import RunContext
 from spap.train.losses import d_loss, g_loss
 from spap.train.pool import ImagePool
@@ -84,8 +86,6 @@ def _network_weights(path: str, name: str) -> dict[str, torch.Tensor]:
 
 
 def _spap_models(path: str) -> dict[str, dict[str, torch.Tensor]]:
-    from spap.train.checkpoint import load_checkpoint
-
     return load_checkpoint(path, kind="cyclegan")["task"]["models"]
 
 
@@ -150,8 +150,6 @@ class CycleGANTask(Task):
 
     # -- data
     def build_dataset(self) -> torch.utils.data.Dataset:
-        from spap.data import build_dataset
-
         dc = self.cfg.data
         kwargs: dict[str, Any] = dict(
             direction=dc.direction,
@@ -164,8 +162,6 @@ class CycleGANTask(Task):
         )
         layout = dc.layout
         if layout == "auto":
-            from spap.data import detect_layout
-
             layout = detect_layout(dc.root, dc.phase)
         if layout == "unaligned":
             kwargs["serial_batches"] = dc.serial_batches

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from spap.data import build_dataset
 from spap.layers import record_attention
 from spap.models.sngan import latents
 from spap.seeds import derive_seed
@@ -62,8 +63,6 @@ class GANTask(Task):
         return max(0.0, 1.0 - step / self.cfg.train.iterations)
 
     def build_dataset(self) -> torch.utils.data.Dataset:
-        from spap.data import build_dataset
-
         dc = self.cfg.data
         return build_dataset("folder", dc.root, size=dc.size, flip=dc.flip, seed=self.cfg.run.seed)
 

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from spap.config import RunConfig
+from spap.viz.grid import rows_grid, save_grid
 
 __all__ = ["ProgressLogger"]
 
@@ -35,10 +38,9 @@ class ProgressLogger:
         self._redirect = contextlib.ExitStack()
         if not enabled:
             return
-        from tqdm.auto import tqdm
 
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional (spap[train])
 
             self.writer = SummaryWriter(str(run_dir / "tb"))
         except ImportError:  # pragma: no cover - tensorboard is a dependency
@@ -49,8 +51,6 @@ class ProgressLogger:
 
     def __enter__(self) -> ProgressLogger:
         if self.bar is not None:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
             self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=type(self.bar)))
         return self
 
@@ -82,7 +82,6 @@ class ProgressLogger:
         None when nothing was written (a failed write warns once and the run goes on)."""
         if not self.enabled or not visuals:
             return None
-        from spap.viz.grid import rows_grid, save_grid
 
         grid = rows_grid(visuals)
         path = self.run_dir / "samples" / f"step_{step:07d}.png"

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from torch.utils.data import DataLoader
 
 from spap.config import RunConfig, to_dict
+from spap.data.sampler import EpochSampler
 from spap.devices import pick_device
 from spap.errors import CheckpointError, DataError, NonFiniteLossError, Preempted, SpapError
 from spap.train import distributed as D
@@ -97,8 +100,6 @@ def _run(
     seed_everything(rc.seed)  # identical initial weights on every rank
     task = task_cls(cfg, ctx)
     dataset = task.build_dataset()
-
-    from spap.data.sampler import EpochSampler
 
     sampler = EpochSampler(
         len(dataset), seed=rc.seed, shuffle=True, num_replicas=info.world_size, rank=info.rank
@@ -237,8 +238,6 @@ def _restore(task: Task, ctx: RunContext, state: dict[str, Any], rank: int) -> t
 def _loader(
     dataset: Any, sampler: Any, batch_size: int, run: RunConfig, device: torch.device
 ) -> torch.utils.data.DataLoader:
-    from torch.utils.data import DataLoader
-
     workers = run.num_workers
     return DataLoader(
         dataset,
@@ -257,8 +256,6 @@ def _loader(
 
 
 def _prepare_run_dir(run_dir: Path, cfg: Any) -> None:
-    import yaml
-
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from spap.layers import spatial_attention
+
 __all__ = ["attention_maps", "attention_overlays", "colorize", "overlay", "unit_label"]
 
 # Anchor colours of a jet-like colormap (blue -> cyan -> green -> yellow -> red).
@@ -78,8 +80,6 @@ def attention_maps(
 ) -> dict[str, Tensor]:
     """Displayable maps ``{name: (N, 1, h, w)}`` in [0, 1] of every recorded unit (see the
     module doc); ``image_size`` (H, W) of the network's input places SAGAN's key grid."""
-    from spap.layers import spatial_attention
-
     out: dict[str, Tensor] = {}
     for name, maps in recorded.items():
         label = unit_label(name)
