@@ -15,9 +15,12 @@ Validation happens before any data is read or any file is written:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
+import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -59,6 +62,13 @@ class RunConfig:
 
     seed: int = option(0, "seed of every random choice (weights, data order, augmentation)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    threads: int | None = option(
+        None,
+        "PyTorch CPU threads per process (default: OMP_NUM_THREADS if set, else the cores this "
+        "process may use by CPU affinity and cgroup quota, divided among torchrun's local "
+        "processes)",
+        min=1,
+    )
     precision: str = option(
         "fp32",
         "fp32 | bf16 | fp16 (fp16 needs CUDA; bf16 on CPU only where the processor supports it)",
@@ -89,6 +99,68 @@ class RunConfig:
     keep_last: int = option(3, "how many checkpoints to keep (plus the `latest` pointer)", min=1)
     log_every: int = option(50, "write scalars to TensorBoard every N iterations", min=1)
     sample_every: int = option(500, "write a sample grid every N iterations", min=1)
+    logger: str = option(
+        "tensorboard",
+        "where scalars go: tensorboard | wandb (Weights & Biases; WANDB_MODE=offline works "
+        "without an account) | both",
+        choices=("tensorboard", "wandb", "both"),
+    )
+    eval_every: int = option(
+        0,
+        "evaluate on the held-out validation images every N iterations and at the end "
+        "(0: never); rank 0 evaluates, the test split is never used",
+        min=0,
+    )
+    eval_metrics: list[str] = option(
+        default_factory=lambda: ["structure", "cycle", "fid", "kid"],
+        help="metrics of in-training evaluation: structure, cycle (CycleGAN, no download), "
+        "fcn (CycleGAN, needs run.eval_segnet), fid, kid (torch-fidelity: Inception when its "
+        "weights are present, else run.eval_segnet's features, else left out with a warning)",
+    )
+    eval_images: int = option(
+        50,
+        "validation images per domain: the `val` phase when the dataset has one, else the last "
+        "N training files (sorted by name), which then leave training",
+        min=2,
+    )
+    eval_segnet: str | None = option(
+        None,
+        "a `spap seg train` checkpoint: FCN-score during training and, without Inception "
+        "weights, the features of FID/KID",
+    )
+    best_metric: str = option(
+        "auto",
+        "the scalar that picks the `best` checkpoint, e.g. eval/fid_AtoB or "
+        "eval/structure_AtoB (lower is better for fid/kid/cycle, higher otherwise); auto: the "
+        "first metric computed",
+    )
+    health_gamma_steps: int = option(
+        2000,
+        "warn once when an attention unit's gamma has moved less than health_gamma_eps from "
+        "its start after this many iterations (0: off)",
+        min=0,
+    )
+    health_gamma_eps: float = option(1e-3, "see health_gamma_steps", min=0)
+    health_identity_below: float = option(
+        0.01,
+        "warn once when a CycleGAN translation differs from its input by less than this mean "
+        "absolute value (images in [-1, 1]): identity collapse",
+        min=0,
+    )
+    health_inversion_below: float = option(
+        -0.5,
+        "warn once when the brightness of a CycleGAN translation correlates with its input's "
+        "below this (Pearson r): colour inversion",
+        min=-1,
+        max=1,
+    )
+    health_d_loss_below: float = option(
+        0.02,
+        "warn once when every discriminator loss stays below this for health_d_window "
+        "iterations: the discriminator wins everything",
+        min=0,
+    )
+    health_d_window: int = option(1000, "see health_d_loss_below (0: off)", min=0)
     num_workers: int = option(2, "data-loading worker processes per rank", min=0)
     nan_policy: str = option(
         "stop",
@@ -107,6 +179,18 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------- building
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+for _attr in ("maxlist", "maxtuple", "maxdict", "maxset"):
+    setattr(_REPR, _attr, 6)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A ``repr`` of a (user-written) value cut to ``limit`` characters: a message never
+    quotes more than a short prefix of a bad value, however large."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _type_name(tp: Any) -> str:
@@ -130,46 +214,53 @@ def _coerce(value: Any, tp: Any, key: str, lenient: str = "") -> Any:
                 return _coerce(value, arg, key, lenient)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of keys, got {_short(value)}")
         return _build(tp, value, prefix=key + ".", lenient=lenient)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_short(value)}")
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or tp is tuple else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            if not (isinstance(value, float) and value.is_integer()):
+                raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+            value = int(value)
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{key}: {_short(value)} does not fit in 64 bits")
         return value
     if tp is float:
+        number = value
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        try:
+            number = float(number)
+        except OverflowError:  # an int beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {_short(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_short(value)}")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_short(value)}")
     return value
 
 
@@ -181,7 +272,9 @@ def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if v not in choices:
-                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(repr, choices))}")
+                raise ConfigError(
+                    f"{key}: {_short(v)} is not one of {', '.join(map(repr, choices))}"
+                )
     lo, hi = meta.get("min"), meta.get("max")
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
@@ -208,7 +301,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", lenient: str
     for key in unknown:
         if not lenient:
             raise ConfigError(
-                f"unknown config key {prefix + str(key)!r}{suggest(str(key), list(fields), prefix)}"
+                f"unknown config key {_short(prefix + str(key))}"
+                f"{suggest(str(key)[:100], list(fields), prefix)}"
             )
         log.warning(
             "%s: ignoring the config key %r, unknown to this release", lenient, prefix + str(key)
@@ -284,18 +378,81 @@ def resolve_config_path(path: str | Path) -> Path:
     for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config file not found: {path} (shipped configs live in {CONFIG_DIR})")
+    name = p.as_posix().removesuffix(".yaml")
+    hint = suggest(name, shipped_configs())
+    raise ConfigError(
+        f"config file not found: {path}{hint}; `spap config list` names the shipped configs "
+        f"(in {CONFIG_DIR})"
+    )
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs (``cyclegan/facades_spap``, ...), sorted."""
+    return sorted(
+        f.relative_to(CONFIG_DIR).with_suffix("").as_posix() for f in CONFIG_DIR.rglob("*.yaml")
+    )
+
+
+#: Largest config file :func:`read_yaml` reads (the shipped ones hold about 2 KB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _AliasRefused(Exception):
+    def __init__(self, event: Any) -> None:
+        super().__init__(event.anchor)
+        self.event = event
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain values only) without aliases. An alias (``*name``)
+    repeats an anchored node; nested aliases let a kilobyte describe gigabytes ("billion
+    laughs"), which would be expanded as soon as the config is copied, checked, printed or
+    written back to the run folder. Configs inherit with ``base:`` instead."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event())
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str = "config") -> Any:
+    """Parse one YAML document of plain values, without aliases; ConfigError (naming
+    ``source``, quoting little) for anything else."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    except _AliasRefused as exc:
+        line = exc.event.start_mark.line + 1
+        raise ConfigError(
+            f"{source}, line {line}: YAML aliases ({_short('*' + str(exc.event.anchor), 40)}) "
+            "are not accepted in spap configs; write the value out, or inherit a file with "
+            "`base:`"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+    except yaml.YAMLError as exc:
+        text = " ".join(str(exc).split())
+        raise ConfigError(f"cannot parse {source}: {_short(text, 300)[1:-1]}") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config, merging the file named by its ``base`` key underneath it."""
+    """Read a YAML config, merging the file named by its ``base`` key underneath it.
+    Aliases, files over :data:`MAX_CONFIG_BYTES` and non-text files are refused."""
     p = resolve_config_path(path).resolve()
     if p in _seen:
         raise ConfigError(f"config inheritance loop through {p}")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{p}: {size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})"
+        )
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse {p}: {exc}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text (UTF-8) file, so not a YAML config") from None
+    data = parse_yaml(text, str(p)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a config file must hold a mapping of keys")
     base = data.pop("base", None)
@@ -321,21 +478,21 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"override {pair!r} is not of the form key=value")
+            raise ConfigError(f"override {_short(pair)} is not of the form key=value")
         key, raw = pair.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {pair!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            raise ConfigError(f"override {_short(pair)} has an empty key")
+        try:  # YAML without aliases; anything else stays the string given
+            value = parse_yaml(raw, "override") if raw.strip() else None
+        except ConfigError:
             value = raw
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {pair!r} conflicts with another override")
+                raise ConfigError(f"override {_short(pair)} conflicts with another override")
         node[parts[-1]] = value
     return out
 
@@ -359,9 +516,48 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) rows for every key of a schema, for docs and ``--help``."""
-    rows: list[tuple[str, str, str]] = []
+def type_name(tp: Any) -> str:
+    """A type annotation as a user reads it: ``int``, ``str | None``, ``dict[int, str]``."""
+    if tp is type(None):
+        return "None"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{inner}]" if args else name
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _constraints(meta: Mapping[str, Any]) -> str:
+    parts = []
+    if meta.get("choices") is not None:
+        parts.append("one of " + ", ".join(map(str, meta["choices"])))
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        parts.append(f"{lo} to {hi}")
+    elif lo is not None:
+        parts.append(f">= {lo}")
+    elif hi is not None:
+        parts.append(f"<= {hi}")
+    return "; ".join(parts)
+
+
+class ConfigKey(typing.NamedTuple):
+    """One key of a schema (see :func:`describe`)."""
+
+    key: str
+    type: str
+    default: str
+    help: str
+
+
+def describe(cls: type, prefix: str = "") -> list[ConfigKey]:
+    """``(key, type, default, help)`` rows for every key of a schema, for docs, ``--help``
+    and ``spap config show``. ``type`` holds the annotation and the key's constraints
+    (``int, >= 1``; ``str, one of fp32, bf16, fp16``); ``default`` is its ``repr``."""
+    rows: list[ConfigKey] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = prefix + f.name
@@ -374,5 +570,9 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "(required)"
-        rows.append((key, default, f.metadata.get("help", "")))
+        tp = type_name(hints[f.name])
+        extra = _constraints(f.metadata)
+        rows.append(
+            ConfigKey(key, f"{tp}, {extra}" if extra else tp, default, f.metadata.get("help", ""))
+        )
     return rows

@@ -15,6 +15,7 @@ from spap.models.cyclegan import (
     build_generator,
     convert_reference_discriminator,
     convert_reference_generator,
+    load_problems,
     load_reference_discriminator,
     load_reference_generator,
     load_weights,
@@ -175,6 +176,8 @@ def test_mapping_config() -> None:
         dict(n_blocks=3),
         dict(n_blocks=2, dropout=True),
         dict(n_blocks=2, norm="batch"),
+        dict(n_blocks=2, norm="none"),
+        dict(n_blocks=2, norm="none", dropout=True),
         dict(n_blocks=0),
         dict(n_blocks=2, input_nc=1, output_nc=3),
     ],
@@ -184,7 +187,14 @@ def test_reference_generator_converts_exactly(kw) -> None:
     g = load_reference_generator(ref.state_dict()).eval()
     x = torch.randn(2, kw.get("input_nc", 3), 32, 24)
     torch.testing.assert_close(g(x), ref(x), rtol=0, atol=1e-5)
-    assert n_params(g) == n_params(ref)
+    if kw.get("norm") == "none":  # spap's convs keep a bias there (zero: the same function)
+        assert all(
+            (p == 0).all()
+            for k, p in g.named_parameters()
+            if k.endswith("bias") and "head" not in k
+        )
+    else:
+        assert n_params(g) == n_params(ref)
 
 
 def test_reference_generator_file_and_checks(tmp_path) -> None:
@@ -198,7 +208,7 @@ def test_reference_generator_file_and_checks(tmp_path) -> None:
     g = load_reference_generator(tmp_path / "latest_net_G_A.pth", n_blocks=3, ngf=8).eval()
     x = torch.randn(1, 3, 16, 16)
     torch.testing.assert_close(g(x), ref(x), rtol=0, atol=1e-5)
-    with pytest.raises(CheckpointError, match="n_blocks=3"):
+    with pytest.raises(CheckpointError, match="n_blocks 3 in the file, 9 given"):
         load_reference_generator(tmp_path / "latest_net_G_A.pth", n_blocks=9)
     with pytest.raises(CheckpointError, match="not a reference"):
         load_reference_generator({"foo.weight": torch.zeros(1)})
@@ -234,11 +244,20 @@ def test_load_weights_report() -> None:
         load_weights(build_generator(cfg(ngf=4)), plain.state_dict())
 
 
-@pytest.mark.parametrize("kw", [dict(n_layers=3), dict(n_layers=2, norm="batch"), dict(n_layers=1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n_layers=3),
+        dict(n_layers=2, norm="batch"),
+        dict(n_layers=2, norm="none"),
+        dict(n_layers=1),
+    ],
+)
 def test_reference_discriminator_converts_exactly(kw) -> None:
     ref = randomise(RefNLayerDiscriminator(ndf=8, **kw))
     state, arch = convert_reference_discriminator(ref.state_dict())
     assert arch["n_layers_d"] == kw["n_layers"]
+    assert arch["norm"] == kw.get("norm", "instance")
     d = load_reference_discriminator(ref.state_dict()).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(d(x), ref(x), rtol=0, atol=1e-5)
@@ -248,4 +267,64 @@ def test_convert_reports_architecture() -> None:
     _, arch = convert_reference_generator(
         RefResnetGenerator(ngf=8, n_blocks=2, dropout=True).state_dict()
     )
-    assert arch == dict(ngf=8, n_blocks=2, norm="instance", dropout=True, input_nc=3, output_nc=3)
+    assert arch == dict(
+        ngf=8,
+        n_blocks=2,
+        norm="instance",
+        dropout=True,
+        padding_mode="reflect",
+        input_nc=3,
+        output_nc=3,
+    )
+
+
+def test_reference_norm_is_inferred() -> None:
+    for norm in ("instance", "batch", "none"):
+        _, arch = convert_reference_generator(
+            RefResnetGenerator(ngf=4, n_blocks=1, norm=norm).state_dict()
+        )
+        assert arch["norm"] == norm
+
+
+def test_wrong_kind_of_reference_file_is_named(tmp_path) -> None:
+    g = RefResnetGenerator(ngf=4, n_blocks=1).state_dict()
+    d = RefNLayerDiscriminator(ndf=4).state_dict()
+    torch.save(d, tmp_path / "latest_net_D_A.pth")
+    with pytest.raises(
+        CheckpointError, match=r"latest_net_D_A.pth: a reference PatchGAN discriminator"
+    ):
+        convert_reference_generator(tmp_path / "latest_net_D_A.pth")
+    with pytest.raises(CheckpointError, match="a reference ResNet generator, not a PatchGAN"):
+        convert_reference_discriminator(g)
+    unet = {"model.model.0.weight": torch.zeros(4, 3, 4, 4)}
+    with pytest.raises(CheckpointError, match="U-Net"):
+        convert_reference_generator(unet, source="latest_net_G.pth")
+
+
+def test_model_config_mismatches_are_all_named() -> None:
+    ref = RefResnetGenerator(ngf=8, n_blocks=3, dropout=True).state_dict()
+    with pytest.raises(CheckpointError) as err:
+        load_reference_generator(ref, model_cfg=cfg(n_blocks=2))
+    msg = str(err.value)
+    assert "n_blocks 3 in the file, 2 in the model config" in msg
+    assert "dropout true in the file, false in the model config" in msg
+    assert "\n" not in msg
+
+
+def test_skip_mismatched_and_load_problems() -> None:
+    three = build_generator(cfg(input_nc=3))
+    one = build_generator(cfg(input_nc=1, n_blocks=4))
+    report = load_weights(one, three.state_dict(), skip_mismatched=True)
+    assert report.mismatched == ["stem.0.weight"]
+    assert {k.split(".")[1] for k in report.new if k.startswith("trunk.")} == {"3"}
+    problems = load_problems(one, report)
+    assert problems == ["not in the file: trunk.3", "other shapes in the file: stem.0"]
+    assert "of another shape" in report.summary()
+    # units the file lacks and blocks the network replaces are no problem
+    spap = build_generator(cfg(attention="spap", g_attention_at=["replace:1", "trunk_end"]))
+    report = load_weights(spap, three.state_dict())
+    assert report.dropped and load_problems(spap, report) == []
+    # spectral norm's power-iteration vectors are state, not weights
+    d_sn = build_discriminator(cfg(d_spectral_norm=True))
+    report = load_weights(d_sn, build_discriminator(cfg()).state_dict())
+    assert load_problems(d_sn, report) == []

@@ -22,12 +22,18 @@ reference's key layout ``model.<i>.*`` and load into spap's networks with
   discriminators frozen; ``G_A(B), G_B(A)`` (identity), ``D_A(fake_B), D_B(fake_A)``,
   generator backward and step; discriminators unfrozen; ``D_A`` on ``real_B`` and a pooled
   ``fake_B``, ``D_B`` likewise, backward, step.
+- the learning-rate schedule (``lr_policy='linear'``): one ``LambdaLR`` per optimizer with
+  ``lambda(k) = 1 - max(0, k + epoch_count - n_epochs) / (n_epochs_decay + 1)`` (``k``: the
+  scheduler's step count, ``epoch_count = 1``), stepped by ``update_learning_rate()`` at the
+  *start* of every epoch ``epoch_count .. n_epochs + n_epochs_decay`` of ``train.py`` (its
+  current order; earlier versions stepped at the end), before that epoch's iterations.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import warnings
 from typing import Any
 
 import torch
@@ -35,10 +41,14 @@ from torch import nn
 
 
 def _norm_layer(kind: str):
-    """The reference's ``get_norm_layer``: batch norm (affine, running statistics) or instance
-    norm (no affine parameters, no running statistics)."""
+    """The reference's ``get_norm_layer``: batch norm (affine, running statistics), instance
+    norm (no affine parameters, no running statistics) or none (an identity; the convs before
+    it have no bias, as with batch norm: the reference gives a bias only before instance
+    norm)."""
     if kind == "batch":
         return nn.BatchNorm2d
+    if kind == "none":
+        return lambda c: nn.Identity()
     return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
 
 
@@ -198,8 +208,39 @@ class RefImagePool:
         return torch.cat(out, 0)
 
 
+def ref_scheduler(
+    optimizer: torch.optim.Optimizer, n_epochs: int, n_epochs_decay: int, epoch_count: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``networks.get_scheduler`` with ``lr_policy='linear'``."""
+
+    def lambda_rule(epoch: int) -> float:
+        return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda_rule)
+
+
+def _step_schedulers(schedulers: list[torch.optim.lr_scheduler.LRScheduler]) -> None:
+    with warnings.catch_warnings():  # stepped before any optimizer step, as the reference does
+        warnings.filterwarnings("ignore", "Detected call of", UserWarning)
+        for scheduler in schedulers:
+            scheduler.step()
+
+
+def ref_lr_per_epoch(n_epochs: int, n_epochs_decay: int, lr: float = 2e-4) -> list[float]:
+    """The learning rate each epoch of the reference's ``train.py`` trains with (epoch 1
+    first): ``update_learning_rate()`` at the start of every epoch, then its iterations."""
+    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=lr, betas=(0.5, 0.999))
+    scheduler = ref_scheduler(optimizer, n_epochs, n_epochs_decay)
+    rates = []
+    for _epoch in range(1, n_epochs + n_epochs_decay + 1):
+        _step_schedulers([scheduler])
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
 class RefCycleGAN:
-    """The reference ``CycleGANModel`` in training mode (AtoB, batch given by the input)."""
+    """The reference ``CycleGANModel`` in training mode (AtoB, batch given by the input),
+    with its schedulers (``update_learning_rate()`` at the start of each epoch)."""
 
     def __init__(
         self,
@@ -212,6 +253,8 @@ class RefCycleGAN:
         pool_size: int = 50,
         lr: float = 2e-4,
         beta1: float = 0.5,
+        n_epochs: int = 100,
+        n_epochs_decay: int = 100,
     ) -> None:
         self.netG_A = ref_init(RefResnetGenerator(3, 3, ngf, n_blocks))
         self.netG_B = ref_init(RefResnetGenerator(3, 3, ngf, n_blocks))
@@ -233,6 +276,15 @@ class RefCycleGAN:
             lr=lr,
             betas=(beta1, 0.999),
         )
+        self.schedulers = [
+            ref_scheduler(opt, n_epochs, n_epochs_decay)
+            for opt in (self.optimizer_G, self.optimizer_D)
+        ]
+
+    def update_learning_rate(self) -> float:
+        """Step every scheduler (the start of an epoch); the new rate."""
+        _step_schedulers(self.schedulers)
+        return self.optimizer_G.param_groups[0]["lr"]
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G_A": self.netG_A, "G_B": self.netG_B, "D_A": self.netD_A, "D_B": self.netD_B}

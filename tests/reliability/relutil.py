@@ -4,6 +4,7 @@ config, checkpoint comparison, ``spap`` subprocesses."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -231,3 +232,102 @@ class Proc:
         if self.p.poll() is None:
             os.killpg(self.p.pid, signal.SIGKILL)
             self.p.wait(10)
+
+
+# ----------------------------------------------------------------------------- full disks
+
+
+def can_mount_tmpfs(where: Path) -> bool:
+    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN, no sandbox)."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                        capture_output=True).returncode == 0  # fmt: skip
+    if ok:
+        subprocess.run(["umount", str(where)], check=True)
+    return ok
+
+
+class SmallFilesystem:
+    """A real, small file system: a tmpfs of ``size`` bytes mounted on ``where`` (needs
+    root). ``resize`` changes its size in place (``mount -o remount``)."""
+
+    def __init__(self, where: Path, size: int) -> None:
+        self.path = where
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       check=True)  # fmt: skip
+
+    def resize(self, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+    def __enter__(self) -> SmallFilesystem:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_spap_limited(
+    args: Sequence[str], toy: bool = False, file_size: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``spap ARGS`` in a subprocess under a file-size limit (``ulimit -f``, RLIMIT_FSIZE):
+    a write past ``file_size`` bytes fails with EFBIG (no root needed)."""
+    import resource
+
+    def limit() -> None:
+        if file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    return subprocess.run(spap_argv(args, toy), env=ENV, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- bounded runs
+
+#: Runs each argv of a JSON list through ``spap.cli.main`` under an address-space limit of
+#: the imported process + argv[1] MiB; prints one JSON line per command: exit code,
+#: seconds, stderr lines, peak RSS growth in MiB.
+BOUNDED = r"""
+import contextlib, io, json, resource, sys, time
+from spap.cli import main
+import spap.inference, spap.train.loop  # noqa: F401 - everything a command imports
+vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+extra = int(sys.argv[1]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (vm + extra, vm + extra))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for argv in json.load(open(sys.argv[2])):
+    err = io.StringIO()
+    t = time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except BaseException as exc:  # reported, not hidden
+            code = f"{type(exc).__name__}: {str(exc)[:300]}"
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(json.dumps({"argv": argv, "code": code, "seconds": time.perf_counter() - t,
+                      "stderr": err.getvalue().splitlines(), "peak_mib": peak}), flush=True)
+"""
+
+
+def run_bounded(
+    commands: list[list[str]], tmp: Path, extra_mib: int = 1024, timeout: float = 120
+) -> list[dict[str, Any]]:
+    """Run ``spap`` commands in one subprocess whose memory may grow by at most
+    ``extra_mib`` MiB (RLIMIT_AS over what the imports took); their results, in order."""
+    import json
+
+    spec = tmp / "commands.json"
+    spec.write_text(json.dumps([[str(a) for a in c] for c in commands]))
+    env = {**ENV, "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", BOUNDED, str(extra_mib), str(spec)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == len(commands), res.stdout[-2000:] + res.stderr[-3000:]
+    return [json.loads(ln) for ln in lines]

@@ -5,17 +5,20 @@ tests/reference: tests/test_perf_cyclegan.py.)"""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from spap.config import from_dict, load_config
+from reference.cyclegan import ref_lr_per_epoch
+from spap.config import CONFIG_DIR, from_dict, load_config
 from spap.errors import CheckpointError, ConfigError
 from spap.systems.cyclegan import CycleGANConfig, apply_size
 from spap.train import distributed as D
 from spap.train.context import RunContext
 from spap.train.cyclegan import CycleGANTask, lr_factor
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
 TINY = {
     "data": {"root": "unused", "crop_size": 32, "load_size": 36},
     "model": {"ngf": 8, "ndf": 8, "n_blocks": 2},
@@ -72,18 +75,89 @@ def test_no_identity_and_other_losses() -> None:
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
-def test_lr_schedule() -> None:
-    assert [lr_factor(e, 2, 3) for e in range(5)] == pytest.approx([1, 1, 0.75, 0.5, 0.25])
-    task = make_task()  # 1 constant epoch, 2 decay epochs
-    lrs = []
-    for epoch in range(3):
-        lrs.append(task.opt_G.param_groups[0]["lr"])
-        with warnings.catch_warnings():  # no optimizer step in this test
+def _epoch_rates(task: CycleGANTask, epochs: range) -> list[dict[str, float]]:
+    """The rates each epoch's iterations use, the task's hooks called as the loop does."""
+    rates = []
+    for epoch in epochs:
+        rates.append(task.scalars())
+        with warnings.catch_warnings():  # no optimizer step in these tests
             warnings.simplefilter("ignore", UserWarning)
             task.on_epoch_end(epoch)
-    assert lrs == pytest.approx([2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
-    assert task.opt_D.param_groups[0]["lr"] == pytest.approx(0.0)
+    return rates
+
+
+def test_lr_schedule() -> None:
+    # the reference's rule as its train.py applies it: n_epochs - 1 epochs at the full rate
+    assert [lr_factor(e, 2, 3) for e in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert lr_factor(7, 2, 3) == 0  # past the schedule (run.steps): never negative
+    task = make_task()  # 1 constant epoch, 2 decay epochs
+    rates = _epoch_rates(task, range(3))
+    assert [r["lr/G"] for r in rates] == pytest.approx([2e-4 * 2 / 3, 2e-4 / 3, 0])
+    assert [r["lr/D"] for r in rates] == [r["lr/G"] for r in rates]
     assert task.total_steps(7) == 21
+
+
+SHIPPED = sorted(p.stem for p in (CONFIG_DIR / "cyclegan").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_schedule_is_the_references_for_every_shipped_config(name: str) -> None:
+    """Every epoch of the whole schedule trains at the reference's rate (networks narrowed:
+    the schedule does not depend on them)."""
+    from spap.config import merge, read_yaml
+
+    data = merge(read_yaml(f"cyclegan/{name}"), {"model": {"ngf": 4, "ndf": 4, "n_blocks": 1}})
+    cfg = from_dict(CycleGANConfig, merge(data, {"data": {"root": "unused"}}))
+    task = CycleGANTask(cfg, RunContext(cfg.run, torch.device("cpu"), D.env_info()))
+    tc = cfg.train
+    want = ref_lr_per_epoch(tc.n_epochs, tc.n_epochs_decay, tc.lr)
+    rates = _epoch_rates(task, range(tc.n_epochs + tc.n_epochs_decay))
+    assert [r["lr/G"] for r in rates] == want  # the same float computation: exactly equal
+    assert [r["lr/D"] for r in rates] == want
+    assert want[-1] == 0.0 and want[tc.n_epochs - 2] == tc.lr
+    assert want[tc.n_epochs - 1] == pytest.approx(tc.lr * (1 - 1 / (tc.n_epochs_decay + 1)))
+
+
+def test_cityscapes_schedule_numbers() -> None:
+    """The issue's figures: 100 + 100 epochs decay from (1-based) epoch 100 and end at 0."""
+    want = ref_lr_per_epoch(100, 100)
+    assert want[:99] == [2e-4] * 99
+    assert want[99] == pytest.approx(2e-4 * 100 / 101)
+    assert want[199] == 0.0
+    assert [2e-4 * lr_factor(e, 100, 100) for e in range(200)] == want
+
+
+def test_resume_in_the_decay_keeps_the_schedule(tmp_path) -> None:
+    over = {"train": {"n_epochs": 3, "n_epochs_decay": 5}}
+    want = ref_lr_per_epoch(3, 5)
+    a = make_task(over)
+    first = _epoch_rates(a, range(5))  # stopped after epoch 4, inside the decay
+    torch.save(a.state_dict(), tmp_path / "s.pt")
+    b = make_task(over)
+    b.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    rest = _epoch_rates(b, range(5, 8))
+    assert [r["lr/G"] for r in first + rest] == pytest.approx(want, rel=1e-12)
+
+
+def test_checkpoint_of_the_earlier_rule_resumes_on_the_references(tmp_path) -> None:
+    """A 0.1 checkpoint stored the rate of the one-epoch-late rule (epoch 0 of 1 + 1 at the
+    full rate); resumed, its epoch trains at the reference's rate."""
+    from spap.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(FIXTURES / "cyclegan_step4.pt")
+    assert state["epoch"] == 0
+    assert state["task"]["optimizers"]["G"]["param_groups"][0]["lr"] == 2e-4
+    cfg = from_dict(CycleGANConfig, {**state["config"], "data": {"root": "unused"}})
+    task = CycleGANTask(cfg, RunContext(cfg.run, torch.device("cpu"), D.env_info()))
+    task.load_state_dict(state["task"])
+    assert (
+        task.scalars()
+        == {"lr/G": 1e-4, "lr/D": 1e-4}
+        == {
+            "lr/G": ref_lr_per_epoch(1, 1)[0],
+            "lr/D": ref_lr_per_epoch(1, 1)[0],
+        }
+    )
 
 
 def test_state_round_trip_continues_identically(tmp_path) -> None:
@@ -197,3 +271,133 @@ def test_init_networks_from_reference_file(tmp_path) -> None:
         torch.testing.assert_close(task.D_A.eval()(x), ref_d(x), rtol=0, atol=1e-5)
     with pytest.raises(CheckpointError, match="no such file"):
         make_task({"train": {"init_networks": {"G_B": str(tmp_path / "nope.pth")}}})
+
+
+# ------------------------------------------------------------------ initial weights: checks
+
+
+def _ref_file(tmp_path, name: str = "latest_net_G_A.pth", kind: str = "G", **kw) -> str:
+    from reference.cyclegan import RefNLayerDiscriminator, RefResnetGenerator, randomise
+
+    if kind == "G":
+        net = RefResnetGenerator(**{"ngf": 8, "n_blocks": 2, **kw})
+    else:
+        net = RefNLayerDiscriminator(**{"ndf": 8, **kw})
+    path = tmp_path / name
+    torch.save(randomise(net).state_dict(), path)
+    return str(path)
+
+
+def _save_checkpoint(task: CycleGANTask, path) -> str:
+    from spap.config import to_dict
+    from spap.train.checkpoint import FORMAT, VERSION, save_checkpoint
+
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "cyclegan",
+        "config": to_dict(task.cfg),
+        "step": 0,
+        "epoch": 0,
+        "position": 0,
+        "task": task.state_dict(),
+        "runner": {"rng": [], "scalers": {}},
+    }
+    return str(save_checkpoint(state, path))
+
+
+@pytest.mark.parametrize(
+    ("net", "kw", "expected"),
+    [
+        ("G_A", {"n_blocks": 3}, ["n_blocks 3 in the file, 2 in the config"]),
+        ("G_B", {"n_blocks": 1}, ["n_blocks 1 in the file, 2 in the config"]),
+        ("G_A", {"dropout": True}, ["dropout true in the file, false in the config"]),
+        ("G_A", {"norm": "batch"}, ["norm batch in the file, instance in the config"]),
+        ("G_A", {"ngf": 4}, ["ngf 4 in the file, 8 in the config"]),
+        ("G_A", {"input_nc": 1}, ["input_nc 1 in the file, 3 in the config"]),
+        (
+            "G_B",
+            {"n_blocks": 3, "dropout": True},
+            ["n_blocks 3 in the file, 2 in the config", "dropout true in the file, false"],
+        ),
+        ("D_A", {"n_layers": 2}, ["n_layers_d 2 in the file, 3 in the config"]),
+        ("D_B", {"norm": "batch"}, ["norm batch in the file, instance in the config"]),
+    ],
+)
+def test_init_networks_refuses_another_architecture(tmp_path, net, kw, expected) -> None:
+    path = _ref_file(tmp_path, f"latest_net_{net}.pth", net[0], **kw)
+    with pytest.raises(CheckpointError) as err:
+        make_task({"train": {"init_networks": {net: path}}})
+    msg = str(err.value)
+    assert msg.startswith(f"{net} from {path}: ") and "\n" not in msg
+    for part in expected:
+        assert part in msg
+    assert "train.init_strict=false" in msg
+
+
+def test_init_networks_refuses_a_discriminator_as_generator(tmp_path) -> None:
+    path = _ref_file(tmp_path, "latest_net_D_A.pth", "D")
+    with pytest.raises(CheckpointError, match="latest_net_D_A.pth: a reference PatchGAN"):
+        make_task({"train": {"init_networks": {"G_A": path}}})
+
+
+def test_partial_load_on_purpose_lists_dropped_and_random(tmp_path, caplog) -> None:
+    import logging
+
+    from spap.models.cyclegan import convert_reference_generator
+
+    deeper = _ref_file(tmp_path, "nine.pth", n_blocks=3)  # one block more than the config
+    shallower = _ref_file(tmp_path, "six.pth", n_blocks=1)  # one block less
+    torch.manual_seed(0)
+    plain = make_task()
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="spap.train.cyclegan"):
+        task = make_task(
+            {"train": {"init_strict": False, "init_networks": {"G_A": deeper, "G_B": shallower}}}
+        )
+    lines = {r.getMessage().split(" ")[0]: r.getMessage() for r in caplog.records}
+    assert "n_blocks 3 in the file, 2 in the config" in lines["G_A"]
+    assert "not used (trunk.2)" in lines["G_A"]
+    assert "n_blocks 1 in the file, 2 in the config" in lines["G_B"]
+    assert "kept at their initial values (trunk.1)" in lines["G_B"]
+    own = task.G_B.state_dict()
+    converted, _ = convert_reference_generator(shallower)
+    for k, v in converted.items():
+        assert torch.equal(own[k], v), k
+    untouched = plain.G_B.state_dict()
+    assert all(torch.equal(own[k], untouched[k]) for k in own if k.startswith("trunk.1."))
+
+
+def test_init_from_spap_checkpoint_is_checked(tmp_path) -> None:
+    plain = make_task()
+    path = _save_checkpoint(plain, tmp_path / "step_0000001.pt")
+    # a plain run into a SPAP config: the units start at their initial values
+    task = make_task({"model": SPAP, "train": {"init_from": path}})
+    for name in ("G_A", "D_B"):
+        own = task.nets[name].state_dict()
+        for k, v in plain.nets[name].state_dict().items():
+            assert torch.equal(own[k], v), (name, k)
+    with pytest.raises(CheckpointError) as err:
+        make_task({"model": {"n_blocks": 3, "ngf": 4}, "train": {"init_from": path}})
+    msg = str(err.value)
+    assert msg.startswith(f"G_A from {path}: ")
+    assert "ngf 8 in the file, 4 in the config; n_blocks 2 in the file, 3 in the config" in msg
+    # units the file has that the config would not rebuild
+    spap = _save_checkpoint(make_task({"model": SPAP}), tmp_path / "step_0000002.pt")
+    with pytest.raises(CheckpointError, match="attention spap in the file, none in the config"):
+        make_task({"train": {"init_from": spap}})
+    moved = {**SPAP, "g_attention_at": ["block:0"]}
+    with pytest.raises(CheckpointError, match="units at trunk_end in the file, not in the config"):
+        make_task({"model": moved, "train": {"init_from": spap}})
+    sagan = {**SPAP, "attention": "sagan", "g_attention_options": {}, "d_attention_options": {}}
+    with pytest.raises(CheckpointError, match="attention spap in the file, sagan in the config"):
+        make_task({"model": sagan, "train": {"init_from": spap}})
+    # a replaced block is left out on purpose; a block the file replaced is missing
+    replaced = {**SPAP, "g_attention_at": ["replace:0", "trunk_end"]}
+    make_task({"model": replaced, "train": {"init_from": spap}})
+    other = _save_checkpoint(make_task({"model": replaced}), tmp_path / "step_0000003.pt")
+    with pytest.raises(CheckpointError, match="units at replace:0 in the file, not in"):
+        make_task({"model": SPAP, "train": {"init_from": other}})
+    after = {**SPAP, "g_attention_at": ["block:0", "trunk_end"]}  # the unit, and the block
+    with pytest.raises(CheckpointError, match=r"G_A from .*: not in the file: trunk\.0 "):
+        make_task({"model": after, "train": {"init_from": other}})

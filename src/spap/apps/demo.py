@@ -1,20 +1,26 @@
 """The end-to-end demo behind ``spap demo``: scenes -> SPAP CycleGAN -> scores -> report.
 
 1. writes the built-in procedural street scenes (label maps = domain A, photos = domain B);
-2. trains a CycleGAN with SPAP units (``configs/cyclegan/scenes_spap.yaml``) for a time
-   budget: a short timing probe measures one iteration, and the run gets as many
-   iterations as fit (the shared training loop runs a fixed number of steps, so the budget
-   is met by calibration, not by interrupting it);
-3. trains the small segmentation network on the real photo/label pairs (also calibrated);
+2. trains the small segmentation network on the real photo/label pairs, for as many steps
+   as its share of the budget holds at the speed a short timing probe measures;
+3. trains a CycleGAN with SPAP units (``configs/cyclegan/scenes_spap.yaml``) until the
+   budget, less what scoring needs, is used up;
 4. scores photo->labels (nearest palette colour) and labels->photo (FCN-score with the
    segmentation net) on the test split;
 5. writes ``OUT/report/index.html`` (translations, reconstructions, attention maps, loss
    curves, metric table) and ``OUT/report/metrics.json``.
 
-``minutes`` is the budget of the whole demo; data generation, evaluation and the report
-are taken from it first, the CycleGAN gets 70 % of the rest and the segmentation net what
-is left once the CycleGAN is done (so a CycleGAN slower than its probe shortens it). Very small budgets still run a few iterations of each, so every
-part of the report exists.
+``minutes`` is the budget of the whole demo. For ``spap demo`` (or a script that calls
+:func:`run_demo` right after importing it) it is the process's: its start-up, mostly
+importing PyTorch, counts (up to a fifth of the budget) and room is left for its exit
+(:func:`_start_up_seconds`); otherwise it counts from the call. Data generation and the
+probes come first; of the rest, less the expected time of scoring and the report, the
+segmentation net gets 30 % (by its probe) and the CycleGAN what is left. The CycleGAN's
+length is not fixed by a probe: the load of a shared machine changes within minutes, so
+the run is planned with headroom and stopped (``should_stop`` of the shared loop, with its
+final checkpoint) once its measured seconds per iteration say that the next one, the end
+of the run and scoring would end past the budget (:class:`_Clock`). Very small budgets
+still run a few iterations of each, so every part of the report exists.
 """
 
 from __future__ import annotations
@@ -34,15 +40,16 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from spap.apps.report import Report, read_scalars
+from spap.apps.report import Report, gamma_section, read_scalars
 from spap.config import from_dict, merge, read_yaml, to_dict
 from spap.data.labels import get_label_space, nearest_palette
 from spap.data.pairs import AlignedPairs, to_tensor
 from spap.data.scenes import SCENE_CLASSES, write_scenes
-from spap.devices import pick_device
+from spap.devices import pick_device, set_threads
 from spap.errors import SpapError
 from spap.eval.fcn import fcn_score
 from spap.inference.translate import Translator
+from spap.layers import record_attention
 from spap.models.segnet import build_segnet, load_segnet, predict_ids
 from spap.systems.cyclegan import CycleGANConfig, apply_size
 from spap.train import distributed as D
@@ -50,11 +57,13 @@ from spap.train.context import RunContext
 from spap.train.cyclegan import CycleGANTask
 from spap.train.loop import run
 from spap.train.segnet import train_segnet
-from spap.viz.attention import overlay
 
 __all__ = ["DemoPlan", "plan_demo", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+#: When this module finished importing (see :func:`_start_up_seconds`).
+_IMPORTED = time.perf_counter()
 
 #: Config of the demo's CycleGAN (a name under ``configs/``).
 DEMO_CONFIG = "cyclegan/scenes_spap"
@@ -64,6 +73,15 @@ MARKER = "spap-demo.json"
 PARTS = ("data", "run", "segnet", "report")
 
 CYCLEGAN_SHARE = 0.7  # of the training budget; the segmentation net gets the rest
+#: At most this share of the budget is the process's life before the demo was called.
+START_UP_SHARE = 0.2
+#: A process that imported PyTorch takes about this share of its start-up to exit (2.4-4.6 s
+#: after a 13-20 s import, 10.9 s after 35 s, at load 9-13 on a 2-core machine).
+EXIT_SHARE = 0.3
+#: Iterations planned beyond what the probe says fits, so that a machine getting faster
+#: still fills the budget: the clock ends the CycleGAN's run, not the plan (which sets the
+#: learning-rate schedule and the progress bar's length).
+CYCLEGAN_HEADROOM = 3.0
 MIN_CYCLEGAN_STEPS = 4
 MIN_SEG_STEPS = 20
 SEG_BATCH = 16
@@ -127,9 +145,11 @@ def cyclegan_config(
     apply_size(data, plan.size)
     total = steps or 1
     epochs = max(1, math.ceil(total / plan.n_train))
-    # constant learning rate for the first half of the epochs, linear decay over the rest
-    n_epochs = max(1, (epochs + 1) // 2)
-    n_decay = max(0, epochs - n_epochs)
+    # constant learning rate for the first half of the epochs, linear decay over the rest;
+    # the schedule is an epoch longer than the run, whose last epoch the reference's rule
+    # trains at rate 0 (run.steps ends the run before it)
+    n_epochs = (epochs + 1) // 2 + 1
+    n_decay = max(1, epochs - n_epochs + 1)
     over = {
         "data": {"root": str(data_root), "layout": "unaligned"},
         "run": {
@@ -268,7 +288,7 @@ def build_report(
             "photo (input)": photos,
             "generated labels": fake_A,
             "reconstructed photo": rec_B,
-            "generated labels, nearest class colour": _colorize(_nearest_ids(fake_A)),
+            "generated labels mapped to the nearest class colour": _colorize(_nearest_ids(fake_A)),
             "true labels": labels,
         },
         "photo_to_labels",
@@ -278,17 +298,20 @@ def build_report(
     if maps_A or maps_B:
         rep.text(
             "Each SPAP unit fuses its atrous branches two at a time; for every fuse step the "
-            "map shows the weight given to the branch brought in at that step (red = high), "
-            "over the input image."
+            "map shows the weight given to the branch brought in at that step (its dilation "
+            "rate in the row name; red = high, see the colour scale), over the input image."
         )
-        attn_A = {"labels (input)": labels}
-        attn_A.update({f"G_A {k}": overlay(labels, m) for k, m in maps_A.items()})
-        rep.grid(attn_A, "attention_G_A", caption="G_A (labels → photo)")
-        attn_B = {"photo (input)": photos}
-        attn_B.update({f"G_B {k}": overlay(photos, m) for k, m in maps_B.items()})
-        rep.grid(attn_B, "attention_G_B", caption="G_B (photo → labels)")
+        for direction, images, name, what in (
+            ("AtoB", labels, "G_A", "labels (input)"),
+            ("BtoA", photos, "G_B", "photo (input)"),
+        ):
+            net = translator.generator(direction)
+            with torch.no_grad(), record_attention(net) as recorded:
+                net(images.to(next(net.parameters()).device))
+            rep.attention(images, net, recorded, name, f"{name} ({direction})", what)
     else:
         rep.text("This model has no attention units in its generators.")
+    gamma_section(rep, Path(info["run_dir"]) / "tb")
     rep.heading("Training losses")
     losses = read_scalars(Path(info["run_dir"]) / "tb", prefix="loss/")
     groups = {
@@ -321,7 +344,8 @@ def build_report(
     rep.text(
         f"Run folder: {info['run_dir']} (checkpoints, TensorBoard logs in tb/). "
         "Translate more images with: spap translate --checkpoint "
-        f"{info['run_dir']} --input IMAGES --output OUT --attention",
+        f"{info['run_dir']} --direction AtoB --input LABEL_MAPS --output OUT --attention "
+        "(label maps to photos), or --direction BtoA --input PHOTOS (photos to label maps).",
         note=True,
     )
     return rep.write()
@@ -347,43 +371,32 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the metrics dict (also ``out/report/metrics.json``).
 
-    ``threads`` sets PyTorch's CPU threads for the demo. Default: PyTorch's own choice, or
-    one thread when the machine is already busy (load average above 3/4 of its cores):
-    several threads competing with other work for the same cores make every step many
-    times slower, one thread does not.
+    ``threads`` sets PyTorch's CPU threads for the demo (restored afterwards). Default:
+    :func:`spap.devices.default_threads`, the rule of every command.
     """
     if threads is not None and threads < 1:
         raise SpapError(f"--threads must be at least 1, got {threads}")
     old_threads = torch.get_num_threads()
-    if threads is None and _machine_busy():
-        threads = 1
-        echo("the machine is busy: training with one CPU thread (set --threads to override)")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         return _run_demo(Path(out), minutes, size, seed, device, echo)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _machine_busy() -> bool:
-    """True when other processes already load most of this machine's cores."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return False
-    return load > 0.75 * (os.cpu_count() or 1)
-
-
 def _run_demo(
     out: Path, minutes: float, size: int, seed: int, device: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
-    t_start = time.perf_counter()
     plan = plan_demo(minutes, size)
+    budget = minutes * 60.0
+    # the budget of `spap demo` is the command's: its start-up (mostly importing PyTorch)
+    # counts, and its exit (freeing PyTorch) is left room for at the end
+    start_up = _start_up_seconds(budget)
+    t_start = time.perf_counter() - start_up
+    end = t_start + budget - EXIT_SHARE * start_up
     _prepare_out(out)
     (out / MARKER).write_text(json.dumps({"plan": asdict(plan), "seed": seed}, indent=1))
     dev = str(pick_device(device))
-    budget = minutes * 60.0
 
     echo(f"[1/5] writing {plan.n_train} + {plan.n_test} scenes at {size}x{size} ...")
     data_root = out / "data"
@@ -393,26 +406,11 @@ def _run_demo(
     probe_cfg = cyclegan_config(data_root, plan, seed, dev, steps=None)
     t_cg = probe_cyclegan(probe_cfg)
     t_seg = probe_segnet(size, _num_classes(), dev)
-    # evaluation and report: roughly a forward pass of both generators and the segnet per
-    # test image, plus the fixed cost of writing files
-    t_eval = 2.0 + plan.n_test * (t_cg / 3 + t_seg / SEG_BATCH)
-    left = max(0.0, budget - (time.perf_counter() - t_start) - t_eval)
-    cg_steps = max(MIN_CYCLEGAN_STEPS, int(CYCLEGAN_SHARE * left / t_cg))
+    t_eval = _eval_seconds(plan, t_cg, t_seg)
+    left = max(0.0, end - time.perf_counter() - t_eval)
+    seg_steps = max(MIN_SEG_STEPS, int((1 - CYCLEGAN_SHARE) * left / t_seg))
 
-    echo(
-        f"[3/5] training the SPAP CycleGAN for {cg_steps} iterations "
-        f"(~{cg_steps * t_cg / 60:.1f} min at {t_cg:.2f} s/it) ..."
-    )
-    cfg = cyclegan_config(data_root, plan, seed, dev, steps=cg_steps)
-    run_dir = out / "run"
-    t0 = time.perf_counter()
-    run(CycleGANTask, cfg, run_dir)
-    cg_seconds = time.perf_counter() - t0
-
-    # the segmentation net gets what is left (less if the CycleGAN ran slower than probed)
-    left = budget - (time.perf_counter() - t_start) - t_eval
-    seg_steps = max(MIN_SEG_STEPS, int(left / t_seg))
-    echo(f"[4/5] training the segmentation net ({seg_steps} steps) and scoring ...")
+    echo(f"[3/5] training the segmentation net ({seg_steps} steps) ...")
     t0 = time.perf_counter()
     seg_path = train_segnet(
         data_root,
@@ -427,6 +425,28 @@ def _run_demo(
         log_every=max(1, seg_steps),
     )
     seg_seconds = time.perf_counter() - t0
+
+    # the CycleGAN gets the rest, up to the time scoring needs at the speed it really runs
+    # (which the load of a shared machine changes within minutes): planned with headroom,
+    # the clock ends it
+    clock = _Clock(end, plan, t_seg, MIN_CYCLEGAN_STEPS)
+    left = max(0.0, end - time.perf_counter() - t_eval)
+    planned = max(MIN_CYCLEGAN_STEPS, int(CYCLEGAN_HEADROOM * left / t_cg))
+    echo(
+        f"[4/5] training the SPAP CycleGAN for the remaining {left / 60:.1f} min "
+        f"(~{int(left / t_cg)} iterations at {t_cg:.2f} s/it) ..."
+    )
+    cfg = cyclegan_config(data_root, plan, seed, dev, steps=planned)
+    run_dir = out / "run"
+    t0 = time.perf_counter()
+    run(CycleGANTask, cfg, run_dir, should_stop=clock)
+    cg_seconds = time.perf_counter() - t0
+    cg_steps = clock.trained
+    if cg_steps < planned:
+        echo(f"      time is up after {cg_steps} iterations ({cg_seconds / 60:.1f} min)")
+
+    echo("[5/5] scoring and writing the report ...")
+    t_scoring = time.perf_counter()
     segnet = load_segnet(seg_path, dev)
     translator = Translator.from_checkpoint(run_dir, device=dev)
     scores = fcn_score(
@@ -440,7 +460,6 @@ def _run_demo(
         include_real=True,
     )
 
-    echo("[5/5] writing the report ...")
     info = {
         "config": DEMO_CONFIG,
         "size": size,
@@ -450,12 +469,14 @@ def _run_demo(
         "device": dev,
         "threads": torch.get_num_threads(),
         "cyclegan_steps": cg_steps,
+        "cyclegan_steps_planned": planned,
         "cyclegan_seconds": cg_seconds,
         "cyclegan_seconds_per_step_probe": t_cg,
         "seg_steps": seg_steps,
         "seg_seconds": seg_seconds,
         "run_dir": str(run_dir),
         "minutes": minutes,
+        "start_up_seconds": start_up,
     }
     report_dir = out / "report"
     info["total_seconds"] = time.perf_counter() - t_start
@@ -463,6 +484,8 @@ def _run_demo(
         report_dir, translator, segnet[0], data_root, scores, info, plan.num_visuals
     )
     info["total_seconds"] = time.perf_counter() - t_start
+    info["eval_seconds"] = time.perf_counter() - t_scoring  # scoring and the report
+    info["eval_seconds_planned"] = t_eval
     metrics = {
         k: {m: scores[k][m] for m in ("pixel_acc", "class_acc", "class_iou", "per_class")}
         for k in ("photo2labels", "labels2photo", "real_photo")
@@ -473,6 +496,61 @@ def _run_demo(
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     echo(f"report: {index}")
     return metrics
+
+
+def _start_up_seconds(budget: float) -> float:
+    """Seconds this process ran before the demo, when the demo is what it was started for
+    (called right after importing this module, as ``spap demo`` and scripts do), at most
+    ``START_UP_SHARE`` of the budget; else (a notebook, tests) 0."""
+    if time.perf_counter() - _IMPORTED > 1.0:
+        return 0.0
+    return min(_process_age(), START_UP_SHARE * budget)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: from /proc), 0 where unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+class _Clock:
+    """``should_stop`` of the demo's CycleGAN run (:func:`spap.train.loop.run`): called
+    after each iteration, True once the next one, the run's end (its final checkpoint) and
+    scoring would not fit before ``end`` (a ``time.perf_counter()`` value) at the seconds
+    per iteration measured so far. The first ``min_steps`` iterations (at least 2, to time
+    one) always run."""
+
+    def __init__(self, end: float, plan: DemoPlan, t_seg: float, min_steps: int) -> None:
+        self.end, self.plan, self.t_seg, self.min_steps = end, plan, t_seg, max(2, min_steps)
+        self.trained = 0
+        self.first: float | None = None  # when the first iteration seen ended
+        self.first_step = 0
+        self.out_of_time = False
+
+    def __call__(self, step: int) -> bool:
+        now = time.perf_counter()
+        self.trained = step
+        if self.first is None:
+            self.first = now
+            self.first_step = step
+        if step < self.min_steps or step == self.first_step:
+            return False
+        per_step = (now - self.first) / (step - self.first_step)  # loop overhead included
+        need = 2 * per_step + _eval_seconds(self.plan, per_step, self.t_seg)
+        self.out_of_time = now + need > self.end
+        return self.out_of_time
+
+
+def _eval_seconds(plan: DemoPlan, t_cg: float, t_seg: float) -> float:
+    """Expected seconds from the CycleGAN's last iteration to the report, from the seconds
+    of one CycleGAN iteration and of one segmentation step: per test image about a tenth of
+    an iteration (the generators' forward passes, measured 1/20) and a segmentation step's
+    share, plus the fixed cost of the final checkpoint and the files."""
+    return 4.0 + plan.n_test * (t_cg / 10 + t_seg / SEG_BATCH)
 
 
 def _num_classes() -> int:

@@ -23,12 +23,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
+from torch import nn
 from torchvision.transforms.functional import to_pil_image
 
+from spap.config import from_dict
+from spap.devices import pick_device
+from spap.errors import CheckpointError, SpapError
+from spap.inference.loading import load_generators
+from spap.layers import SPAP, attention_units, record_attention
+from spap.models.sngan import latents
+from spap.systems import get_system
+from spap.train.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    resolve_best,
+    resolve_checkpoint,
+)
+from spap.train.evaluation import lower_is_better, validation_images
+from spap.viz.attention import attention_maps, colorize, overlay, unit_label
 from spap.viz.grid import rows_grid
 
-__all__ = ["Report", "format_value", "html_table", "line_chart_svg", "read_scalars"]
+__all__ = [
+    "Report",
+    "format_value",
+    "html_table",
+    "line_chart_svg",
+    "eval_section",
+    "gamma_section",
+    "read_scalars",
+    "write_run_report",
+]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -89,9 +115,15 @@ def line_chart_svg(
     height: int = 170,
     smooth: float = 0.0,
     max_points: int = 300,
+    xlabel: str = "",
+    ylabel: str = "",
+    marks: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """An inline SVG line chart of ``{name: [(x, y), ...]}`` (one polyline per name, shared
     axes, min/max tick labels, a legend). Non-finite points are dropped.
+
+    ``xlabel`` / ``ylabel`` label the axes; ``marks`` (``{label: (x, y)}``) draws a ringed
+    point with its label (the best evaluation).
 
     ``smooth`` in [0, 1) draws the raw values faintly and, on top, their exponential moving
     average with that weight (as TensorBoard's smoothing slider). Polylines are thinned to
@@ -102,7 +134,8 @@ def line_chart_svg(
         for k, v in series.items()
     }
     clean = {k: v for k, v in clean.items() if v}
-    left, right, top, bottom = 46, 8, 18 if title else 8, 30
+    left, right, top, bottom = 46 + (12 if ylabel else 0), 8, 18 if title else 8, 30
+    bottom += 12 if xlabel else 0
     pw, ph = width - left - right, height - top - bottom
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -153,6 +186,23 @@ def line_chart_svg(
             parts.append(polyline(pts, color))
         parts.append(
             f'<text x="{left + 4 + 70 * i}" y="{height - 4}" fill="{color}">{html.escape(name)}</text>'
+        )
+    for label, (mx, my) in (marks or {}).items():
+        if math.isfinite(mx) and math.isfinite(my):
+            parts.append(
+                f'<circle cx="{px(mx):.1f}" cy="{py(my):.1f}" r="4" fill="none" stroke="#000" '
+                f'stroke-width="1.5"/><text x="{px(mx):.1f}" y="{py(my) - 6:.1f}" '
+                f'text-anchor="middle" font-weight="bold">{html.escape(label)}</text>'
+            )
+    if xlabel:
+        parts.append(
+            f'<text x="{left + pw / 2:.1f}" y="{top + ph + 23}" text-anchor="middle">'
+            f"{html.escape(xlabel)}</text>"
+        )
+    if ylabel:
+        parts.append(
+            f'<text transform="translate(10 {top + ph / 2:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{html.escape(ylabel)}</text>'
         )
     parts += [
         f'<text x="{left - 3}" y="{top + 8}" text-anchor="end">{_nice(y1)}</text>',
@@ -240,12 +290,13 @@ class Report:
         path = self.dir / self._name(name)
         if isinstance(image, (str, os.PathLike)):
             if Path(image).resolve() != path.resolve():
-                shutil.copyfile(image, path)
+                with open(image, "rb") as src:
+                    atomic_write_bytes(path, lambda fh: shutil.copyfileobj(src, fh))
             with Image.open(path) as im:
                 w, h = im.size
         else:
             pil = _to_pil(image)
-            pil.save(path)
+            atomic_write_bytes(path, lambda fh: pil.save(fh, format="PNG"))
             w, h = pil.size
         self.files.append(path.name)
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
@@ -290,14 +341,25 @@ class Report:
         width: int = 300,
         height: int = 170,
         smooth: float = 0.0,
+        xlabel: str = "iteration",
+        ylabel: str = "",
+        marks: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
     ) -> None:
         """Inline SVG charts: one per group (``{chart title: [series names]}``), or one per
-        series when no groups are given (``smooth``: see :func:`line_chart_svg`)."""
+        series when no groups are given (``smooth``, ``xlabel``, ``ylabel``: see
+        :func:`line_chart_svg`; ``marks``: ``{chart title: marks}``)."""
         if groups is None:
             groups = {k: [k] for k in series}
         charts = [
             line_chart_svg(
-                {k: series[k] for k in names if k in series}, t, width, height, smooth=smooth
+                {k: series[k] for k in names if k in series},
+                t,
+                width,
+                height,
+                smooth=smooth,
+                xlabel=xlabel,
+                ylabel=ylabel,
+                marks=(marks or {}).get(t),
             )
             for t, names in groups.items()
         ]
@@ -314,9 +376,198 @@ class Report:
         )
 
     def write(self, name: str = "index.html") -> Path:
-        """Write the page (atomically) and return its path."""
+        """Write the page (atomically: complete or not at all; a failed write is one
+        :class:`~spap.errors.CheckpointError` line naming the file) and return its path."""
         path = self.dir / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(self.html(), encoding="utf-8")
-        os.replace(tmp, path)
+        data = self.html().encode("utf-8")
+        atomic_write_bytes(path, lambda fh: fh.write(data))
         return path
+
+    # -- attention
+    def colour_scale(self, name: str = "colour_scale") -> Path:
+        """The heat-map colour scale of the attention overlays, labelled 0, 0.5, 1."""
+        ramp = torch.linspace(0, 1, 256).reshape(1, 1, 1, 256).expand(1, 1, 14, 256)
+        img = colorize(ramp)[0] * 2 - 1
+        path = self.image(img, name, caption="")
+        src = html.escape(path.name)
+        self.parts[-1] = (
+            f'<figure><img src="{src}" width="256" height="14" alt="attention colour scale">'
+            '<figcaption style="display:flex;justify-content:space-between;width:256px">'
+            "<span>0</span><span>0.5 (even split)</span><span>1</span></figcaption>"
+            "</figure>"
+        )
+        return path
+
+    def attention(
+        self,
+        images: torch.Tensor,
+        network: nn.Module,
+        recorded: Mapping[str, list[torch.Tensor]],
+        prefix: str,
+        caption: str = "",
+        input_name: str = "input",
+    ) -> None:
+        """Overlays of every unit's maps on ``images`` (recorded while ``network`` ran on
+        them), one grid per unit, each row labelled with the fuse step and the dilation
+        rate that enters there, above the colour scale."""
+        units = dict(attention_units(network))
+        maps = attention_maps(recorded, tuple(images.shape[-2:]))
+        for name in recorded:
+            label = unit_label(name)
+            unit = units.get(name)
+            rows: dict[str, torch.Tensor] = {input_name: images}
+            for key in sorted(k for k in maps if k == label or k.startswith(label + "_")):
+                if isinstance(unit, SPAP) and key != label:
+                    k = int(key.rsplit("_", 1)[1])
+                    rate = unit.rates[unit.cascade[k + 1]]
+                    row = f"{prefix} {label} step {k + 1}: rate {rate} enters"
+                else:
+                    row = f"{prefix} {label} attention received"
+                rows[row] = overlay(images, maps[key])
+            if len(rows) > 1:
+                self.grid(rows, f"attention_{prefix}_{label}", caption=f"{caption} unit {label}")
+        self.colour_scale()
+
+
+# ----------------------------------------------------------------------------- a run's report
+
+
+def _best_marks(series: Mapping[str, Sequence[tuple[float, float]]]) -> dict[str, Any]:
+    marks = {}
+    for name, pts in series.items():
+        pts = [(x, y) for x, y in pts if math.isfinite(y)]
+        if pts:
+            pick = min if lower_is_better(name) else max
+            x, y = pick(pts, key=lambda p: p[1])
+            marks[name] = {f"best: step {int(x)}": (x, y)}
+    return marks
+
+
+def _run_config(run_dir: Path, state: Mapping[str, Any]) -> tuple[Any, str]:
+    kind = state["kind"]
+    raw = state.get("config") or {}
+    cfg = from_dict(get_system(kind).config_class, raw, unknown="warn", source=str(run_dir))
+    return cfg, yaml.safe_dump(raw, sort_keys=False)
+
+
+def eval_section(rep: Report, tb: str | os.PathLike) -> None:
+    """The ``eval/*`` curves of a run's TensorBoard folder, each best value marked."""
+    rep.heading("Evaluation on the validation images")
+    metrics = read_scalars(tb, prefix="eval/")
+    if metrics:
+        rep.curves(metrics, ylabel="value", marks=_best_marks(metrics))
+    else:
+        rep.text("No evaluation was logged (set run.eval_every).", note=True)
+
+
+def gamma_section(rep: Report, tb: str | os.PathLike) -> None:
+    """Every attention unit's ``gamma`` and the weight of each entering branch, over time."""
+    rep.heading("Attention units: gamma")
+    att = read_scalars(tb, prefix="attention/")
+    gammas = {k[: -len("/gamma")]: v for k, v in att.items() if k.endswith("/gamma")}
+    if not gammas:
+        rep.text("No attention unit (or no gamma logged).", note=True)
+        return
+    rep.text(
+        "gamma is each unit's learned blend scalar (0: the unit passes its input through "
+        "unchanged).",
+        note=True,
+    )
+    rep.curves(gammas, groups={"gamma of every unit": list(gammas)}, ylabel="gamma", width=620)
+    rates = {k: v for k, v in att.items() if "/rate" in k}
+    if rates:
+        rep.curves(
+            rates,
+            groups={"mean weight of the branch entering at its fuse step": list(rates)},
+            ylabel="mean weight",
+            width=620,
+        )
+
+
+def write_run_report(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    which: str = "best",
+    num_images: int = 6,
+    device: str = "auto",
+) -> Path:
+    """Write ``out_dir/index.html`` (default ``RUN/report``) for any CycleGAN or GAN run:
+    evaluation curves (best marked), losses, each unit's ``gamma``, attention maps with
+    their colour scale, translations in both directions (or EMA samples), the resolved
+    config. ``which``: ``best`` (when the run has one, else latest) or ``latest``."""
+    run_dir = Path(run_dir)
+    try:
+        ckpt = resolve_best(run_dir) if which == "best" else resolve_checkpoint(run_dir)
+    except CheckpointError:
+        if which != "best":
+            raise
+        ckpt = resolve_checkpoint(run_dir)
+    state = load_checkpoint(ckpt)
+    cfg, config_text = _run_config(run_dir, state)
+    kind, step = state["kind"], int(state.get("step", 0))
+    loaded = load_generators(ckpt)
+    dev = pick_device(device)
+    names = {"AtoB": "G_A", "BtoA": "G_B"}  # CycleGAN directions -> reference names
+    nets = {names.get(k, k): g.to(dev).eval() for k, g in loaded.generators.items()}
+    rep = Report(out_dir or run_dir / "report", title=f"spap {kind} run: {run_dir.name}")
+    best = (state.get("monitor") or {}).get("best") or {}
+    rep.text(
+        f"Checkpoint {ckpt.name} (step {step}) of {run_dir}"
+        + (
+            f"; best {best.get('metric')} = {format_value(best.get('value'), 4)} at step "
+            f"{best.get('step')}"
+            if best.get("metric")
+            else ""
+        )
+        + "."
+    )
+    tb = run_dir / "tb"
+    eval_section(rep, tb)
+    rep.heading("Training losses")
+    losses = read_scalars(tb, prefix="loss/")
+    if losses:
+        groups = {"discriminator": [k for k in losses if "D" in k.split("_")[0]]}
+        groups["generator"] = [k for k in losses if k not in groups["discriminator"]]
+        rep.curves(losses, groups={k: v for k, v in groups.items() if v}, ylabel="loss", smooth=0.6)
+    gamma_section(rep, tb)
+    try:
+        images, source = validation_images(cfg, kind, num_images)
+    except SpapError as exc:
+        images, source = {}, f"validation images not readable ({exc})"
+    with torch.no_grad():
+        if kind == "cyclegan":
+            for direction, src, gen, back in (
+                ("AtoB", "A", "G_A", "G_B"),
+                ("BtoA", "B", "G_B", "G_A"),
+            ):
+                if src not in images:
+                    continue
+                x = images[src].to(dev)
+                with record_attention(nets[gen]) as maps:
+                    y = nets[gen](x)
+                rec = nets[back](y)
+                rep.heading(f"Translations {direction} ({gen})")
+                rep.grid(
+                    {f"real_{src}": x.cpu(), "translation": y.cpu(), "reconstruction": rec.cpu()},
+                    f"translations_{direction}",
+                    caption=source,
+                )
+                if maps:
+                    rep.heading(f"Attention maps of {gen}", level=3)
+                    rep.attention(x.cpu(), nets[gen], maps, gen, caption=gen)
+        else:
+            z = latents(0, range(num_images), cfg.model.z_dim).to(dev)
+            g = nets["G"]
+            with record_attention(g) as maps:
+                samples = g(z)
+            rep.heading("Samples (EMA generator)")
+            rep.grid({"samples": samples.cpu()}, "samples", caption="seeds 0 to n-1")
+            if "image" in images:
+                rep.grid({"real": images["image"]}, "real", caption=source)
+            if maps:
+                rep.heading("Attention maps", level=3)
+                rep.attention(samples.cpu(), g, maps, "G", caption="G (EMA)")
+    rep.heading("Resolved config")
+    rep.raw(f"<pre>{html.escape(config_text)}</pre>")
+    return rep.write()

@@ -4,6 +4,9 @@ against the eager model."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from spap.cli.translate import add_model_argument, model_settings, pick_direction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="CycleGAN or GAN checkpoint file, or run folder (latest checkpoint)",
+        help="CycleGAN or GAN checkpoint file, run folder (latest checkpoint), or a reference "
+        "CycleGAN generator file (latest_net_G_A.pth: its architecture is read from the "
+        "weights; a *G_B.pth file translates BtoA)",
     )
     p.add_argument(
         "--format",
         required=True,
-        choices=("onnx", "torchscript", "safetensors"),
-        help="file format",
+        choices=("onnx", "torchscript", "safetensors", "huggingface"),
+        help="file format; huggingface: a folder (config.json, model.safetensors, README.md "
+        "model card, sample grids) with every generator, which --checkpoint accepts",
     )
-    p.add_argument("--output", required=True, help="file to write")
-    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="default AtoB")
+    p.add_argument(
+        "--output", required=True, help="file to write (a folder for --format huggingface)"
+    )
+    p.add_argument(
+        "--direction",
+        choices=("AtoB", "BtoA"),
+        help="default AtoB, or the one direction of a file holding one generator",
+    )
+    add_model_argument(p)
     p.add_argument(
         "--size",
         type=int,
@@ -40,12 +53,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from spap.inference.export import export_generator
+    from spap.inference.loading import load_generators
+    from spap.inference.sample import Sampler
+    from spap.inference.translate import Translator
 
+    loaded = load_generators(args.checkpoint, model=model_settings(args.model))
+    if loaded.kind == "gan":
+        model: Any = Sampler(
+            loaded.generators["G"],
+            "cpu",
+            step=int(loaded.info.get("step", 0)),
+            ema=bool(loaded.info.get("ema", True)),
+            source=loaded.source,
+        )
+        direction = args.direction or "AtoB"
+    else:
+        model = Translator(loaded.generators, "cpu", info=loaded.info, source=loaded.source)
+        direction = pick_direction(args.direction, model.generators)
+    if args.format == "huggingface":
+        from spap.inference.pretrained import save_pretrained
+
+        saved = save_pretrained(model, args.output)
+        print(
+            f"wrote {saved.path} (huggingface: {', '.join(saved.files)}; generators "
+            f"{', '.join(saved.generators)}); max abs diff of the reloaded folder: "
+            f"{saved.max_abs_diff:.3g}"
+        )
+        return 0
     result = export_generator(
-        args.checkpoint,
+        model,
         args.format,
         args.output,
-        direction=args.direction,
+        direction=direction,
         size=args.size,
         opset=args.opset,
     )

@@ -39,19 +39,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-ema", action="store_true", help="use the raw generator instead of its weight average"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnxruntime"),
+        help="run the generator in PyTorch (default) or in ONNX Runtime on the CPU (exported "
+        "once, cached beside the checkpoint; PyTorch where onnxruntime is not installed and for --attention maps)",
+    )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from spap.cli import check_output_folder
     from spap.inference.sample import Sampler
 
+    check_output_folder(args.output)
     if args.num < 1:
         raise SpapError(f"--num must be at least 1, got {args.num}")
     if args.batch_size < 1:
         raise SpapError(f"--batch-size must be at least 1, got {args.batch_size}")
-    sampler = Sampler.from_checkpoint(args.checkpoint, device=args.device, ema=not args.no_ema)
+    sampler = Sampler.from_checkpoint(
+        args.checkpoint, device=args.device, ema=not args.no_ema, runtime=args.runtime
+    )
     with tqdm(total=args.num, desc="sample", unit="img", dynamic_ncols=True) as bar:
         summary = sampler.write(
             args.output,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 from pathlib import Path
@@ -13,16 +14,55 @@ from spap.errors import Preempted, SpapError
 log = logging.getLogger(__name__)
 
 
+class _TaskHelp(argparse.Action):
+    """``-h``: with a task before it (``spap train cyclegan -h``), the task's own help."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *args: Any) -> None:
+        task = getattr(namespace, "task", None)
+        if task:
+            from spap.cli.config import task_help
+
+            # a copy whose program name holds the task and whose lists leave the task out
+            parser, full = copy.copy(parser), parser
+            parser.prog = f"{full.prog} {task}"
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            parser.description = task_help(task)
+            parser.epilog = None
+            parser._actions = [a for a in full._actions if a.dest != "task"]
+            parser._action_groups = []
+            for group in full._action_groups:
+                group = copy.copy(group)
+                group._group_actions = [a for a in group._group_actions if a.dest != "task"]
+                parser._action_groups.append(group)
+        parser.print_help()
+        parser.exit()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a CycleGAN or an unconditional GAN",
         description="Train a CycleGAN (unpaired translation) or a GAN (image synthesis). "
         "Under torchrun every process runs this command; rank 0 writes the run folder.",
+        epilog="Each task's own help: spap train cyclegan --help, spap train gan --help; "
+        "every config key of a task: spap config show cyclegan|gan.",
+        add_help=False,
     )
+    p.add_argument("-h", "--help", action=_TaskHelp, help="show this help (after a task: its own)")
     p.add_argument("task", choices=("cyclegan", "gan"), help="what to train")
     p.add_argument("--data", required=False, help="dataset folder (sets data.root)")
-    p.add_argument("--out", required=True, help="run folder: config, checkpoints, samples, logs")
+    p.add_argument(
+        "--out", help="run folder: config, checkpoints, samples, logs (required to train)"
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config of this command line (YAML) and exit without training",
+    )
     p.add_argument(
         "--config",
         help="YAML config (a file, or a name under configs/, e.g. cyclegan/facades_spap)",
@@ -83,30 +123,81 @@ def _check_writable(out: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from spap.systems import get_system
-    from spap.train.checkpoint import list_checkpoints, load_for_resume
+    from spap.train.checkpoint import RunLock, list_checkpoints, load_for_resume
     from spap.train.loop import run
     from spap.train.registry import get_task
 
     task_cls = get_task(args.task)
-    out = Path(args.out)
+    if args.out is None and (args.resume or not args.print_config):
+        raise SpapError("the following argument is required: --out (the run folder)")
+    out = Path(args.out) if args.out is not None else None
     base = state = None
+    if out is not None and not args.print_config:
+        RunLock(out).check()  # another process trains there: refuse before any work
     if args.resume:
         if not list_checkpoints(out):
             raise SpapError(f"--resume: {out} holds no checkpoint to resume from")
         state = load_for_resume(out, kind=args.task)
-        base = state["config"] if state is not None else None
-    elif list_checkpoints(out):
+        base = _stored_config(get_system(args.task), state) if state is not None else None
+    elif not args.print_config and list_checkpoints(out):
         raise SpapError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     cfg = build_config(get_system(args.task), args, base)  # validated before anything is written
+    if args.print_config:
+        from spap.cli.config import config_yaml
+
+        print(config_yaml(cfg), end="")
+        return 0
     if getattr(cfg, "data", None) is not None and getattr(cfg.data, "root", None) in (None, ""):
         raise SpapError("no dataset: pass --data DIR (or set data.root)")
     _check_writable(out)
+    evaluator = _evaluator(cfg, args.task, out)
     try:
-        summary = run(task_cls, cfg, out, resume=args.resume, resume_state=state)
+        summary = run(
+            task_cls,
+            cfg,
+            out,
+            resume=args.resume,
+            resume_state=state,
+            evaluator=evaluator,
+            fresh=not args.resume,
+        )
     except Preempted as exc:
         log.warning("%s", exc)
         return 128 + int(exc.signum)
-    log.info("finished at step %d; checkpoints in %s", summary["step"], summary["checkpoint"])
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per rank
+        log.info("finished at step %d; checkpoints in %s", summary["step"], summary["checkpoint"])
     return 0
+
+
+def _stored_config(system: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The config a checkpoint was trained with, checked alone first: its errors name the
+    checkpoint file (not the command line)."""
+    from spap.config import from_dict
+    from spap.errors import CheckpointError, ConfigError
+
+    source = state.get("path", "the checkpoint")
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: holds no stored config; it cannot be resumed")
+    try:
+        from_dict(system.config_class, config, unknown="warn", source=source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: its stored config is not usable: {exc}") from None
+    return config
+
+
+def _evaluator(cfg: Any, kind: str, out: Path) -> Any:
+    """In-training evaluation with FID/KID/FCN when torch-fidelity is installed (rank 0)."""
+    if cfg.run.eval_every <= 0 or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    from spap.train.evaluation import ValidationEvaluator
+
+    try:
+        from spap.eval.intraining import feature_metrics
+    except ImportError as exc:  # spap[eval] not installed
+        if set(cfg.run.eval_metrics) & {"fid", "kid", "fcn"}:
+            log.warning("in-training FID/KID/FCN left out: %s (pip install spap[eval])", exc)
+        return ValidationEvaluator(cfg, kind)
+    return ValidationEvaluator(cfg, kind, feature_metrics(cfg, out))

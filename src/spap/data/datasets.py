@@ -6,6 +6,12 @@ the unaligned B image) from :func:`~spap.data.sampler.item_generator` ``(seed, e
 index)``: results do not depend on the number of DataLoader workers, on global RNG state,
 or on a resume.
 
+Channels and precision: each dataset reads its files with the channel count it is given
+(``channels``; ``channels_A`` / ``channels_B``, the reference's ``input_nc`` / ``output_nc``)
+through :func:`~spap.data.io.read_pixels`, keeping 16-bit and float data, and scales them to
+[-1, 1] by ``value_range`` (:func:`~spap.data.transforms.value_bounds`). Folders are listed
+with ``.npy`` arrays included.
+
 Robustness: at construction each folder is listed (:func:`~spap.data.io.scan_images`; zero
 byte files and broken links are excluded with a warning) and must hold at least one image
 that decodes, else :class:`~spap.errors.DataError` names the folder. When an item's file
@@ -23,13 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from spap.data.io import DEFAULT_MAX_PIXELS, UnreadableImage, read_image, scan_images
+from spap.data.io import DEFAULT_MAX_PIXELS, UnreadableImage, read_pixels, scan_images, to_channels
 from spap.data.sampler import item_generator
-from spap.data.transforms import ImageTransform
+from spap.data.transforms import ImageTransform, check_values
 from spap.errors import ConfigError, DataError
 
 __all__ = [
@@ -69,7 +75,13 @@ class ImageList:
         root: the folder (searched recursively unless ``recursive=False``).
         check: optional callable run on each decoded image; raising
             :class:`~spap.data.io.UnreadableImage` marks the file unusable.
-        max_pixels: decompression-bomb limit passed to :func:`~spap.data.io.read_image`.
+        max_pixels: decompression-bomb limit passed to :func:`~spap.data.io.read_pixels`.
+        channels: channel count every image is read with (files that cannot give it are
+            unusable).
+        value_range: as :class:`~spap.data.transforms.ImageTransform`; float files outside
+            0..1 under ``"auto"`` are unusable.
+
+    Images are (H, W, channels) arrays of :func:`~spap.data.io.read_pixels`.
     """
 
     def __init__(
@@ -78,14 +90,18 @@ class ImageList:
         *,
         recursive: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        check: Callable[[Path, Image.Image], None] | None = None,
+        check: Callable[[Path, np.ndarray], None] | None = None,
+        channels: int = 3,
+        value_range: Any = "auto",
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
-        self.files, self.excluded = scan_images(self.root, recursive)
+        self.files, self.excluded = scan_images(self.root, recursive, arrays=True)
         self.max_pixels = max_pixels
         self.check = check
+        self.channels = channels
+        self.value_range = value_range
         self._bad: set[int] = set()
         for path, reason in self.excluded:
             log.warning("skipping %s: %s", path, reason)
@@ -93,6 +109,14 @@ class ImageList:
             extra = f" ({len(self.excluded)} unusable files excluded)" if self.excluded else ""
             raise DataError(f"no image files in {self.root}{extra}")
         self._probe()
+        total, usable = len(self.files) + len(self.excluded), len(self.files) - len(self._bad)
+        log.info(
+            "%s: %d usable of %d image files%s",
+            self.root,
+            usable,
+            total,
+            "" if usable == total else " (the others are skipped, each with a warning)",
+        )
 
     def _probe(self) -> None:
         """Fail now, naming the folder, unless at least one file decodes."""
@@ -112,8 +136,9 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, i: int) -> Image.Image:
-        img = read_image(self.files[i], max_pixels=self.max_pixels)
+    def _load(self, i: int) -> np.ndarray:
+        img = read_pixels(self.files[i], self.channels, max_pixels=self.max_pixels)
+        check_values(self.files[i], img, self.value_range)
         if self.check is not None:
             self.check(self.files[i], img)
         return img
@@ -123,7 +148,7 @@ class ImageList:
             self._bad.add(i)
             log.warning("skipping unreadable image %s: %s", self.files[i], exc.reason)
 
-    def read(self, index: int) -> tuple[Image.Image, Path, int]:
+    def read(self, index: int) -> tuple[np.ndarray, Path, int]:
         """Image ``index``, or the next readable one: (image, its path, files skipped)."""
         n = len(self.files)
         for skipped in range(n):
@@ -137,8 +162,21 @@ class ImageList:
         raise DataError(f"no readable image left in {self.root}: all {n} files failed to decode")
 
 
-def _transform(preprocess: str, load_size: int, crop_size: int, flip: bool, interpolation: str):
-    return ImageTransform(preprocess, load_size, crop_size, flip, interpolation)
+def _transform(
+    preprocess: str,
+    load_size: int,
+    crop_size: int,
+    flip: bool,
+    interpolation: str,
+    value_range: Any = "auto",
+) -> ImageTransform:
+    return ImageTransform(preprocess, load_size, crop_size, flip, interpolation, value_range)
+
+
+def _check_channels(**counts: int) -> None:
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
 class ImageFolderDataset(Dataset):
@@ -155,8 +193,11 @@ class ImageFolderDataset(Dataset):
         recursive: include sub-folders.
         max_pixels: decompression-bomb limit per file.
         interpolation: "bicubic", "bilinear" or "nearest".
+        channels: channels of the images (1 = grayscale, 3 = RGB, other counts from
+            multi-band files or ``.npy`` arrays).
+        value_range: ``"auto"`` or ``(lo, hi)``, see :func:`~spap.data.transforms.value_bounds`.
 
-    Items: ``{"image": float32 (3, H, W) in [-1, 1], "path": str, "skipped": int}``.
+    Items: ``{"image": float32 (channels, H, W) in [-1, 1], "path": str, "skipped": int}``.
     """
 
     def __init__(
@@ -171,10 +212,21 @@ class ImageFolderDataset(Dataset):
         recursive: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         interpolation: str = "bicubic",
+        channels: int = 3,
+        value_range: Any = "auto",
     ) -> None:
-        self.transform = _transform(preprocess, load_size or size, size, flip, interpolation)
+        _check_channels(channels=channels)
+        self.transform = _transform(
+            preprocess, load_size or size, size, flip, interpolation, value_range
+        )
         self.seed = seed
-        self.images = ImageList(root, recursive=recursive, max_pixels=max_pixels)
+        self.images = ImageList(
+            root,
+            recursive=recursive,
+            max_pixels=max_pixels,
+            channels=channels,
+            value_range=value_range,
+        )
         self.root = self.images.root
 
     def __len__(self) -> int:
@@ -202,10 +254,12 @@ class UnalignedDataset(Dataset):
     ``serial_batches``, else a B image drawn at random from (seed, epoch, index), like the
     reference implementation. ``len`` is ``max(len(A), len(B))``. A and B get independent
     crops and flips. With ``direction="BtoA"`` the folders swap roles: ``"A"`` is always the
-    source domain of the translation.
+    source domain of the translation. ``channels_A`` / ``channels_B`` are the channel
+    counts of the source and target domains (the reference's ``input_nc`` / ``output_nc``:
+    with ``BtoA``, ``channels_A`` is that of ``{phase}B/``).
 
-    Items: ``{"A", "B": float32 (3, H, W) in [-1, 1], "A_path", "B_path": str,
-    "skipped": int}``.
+    Items: ``{"A": float32 (channels_A, H, W), "B": float32 (channels_B, H, W), in [-1, 1];
+    "A_path", "B_path": str, "skipped": int}``.
     """
 
     def __init__(
@@ -223,18 +277,28 @@ class UnalignedDataset(Dataset):
         recursive: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         interpolation: str = "bicubic",
+        channels_A: int = 3,
+        channels_B: int = 3,
+        value_range: Any = "auto",
     ) -> None:
         _check_direction(direction)
-        self.transform = _transform(preprocess, load_size, crop_size, flip, interpolation)
+        _check_channels(channels_A=channels_A, channels_B=channels_B)
+        self.transform = _transform(
+            preprocess, load_size, crop_size, flip, interpolation, value_range
+        )
         self.root = Path(root)
         self.phase = phase
         self.direction = direction
         self.seed = seed
         self.serial_batches = serial_batches
         src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
-        kw: dict[str, Any] = {"recursive": recursive, "max_pixels": max_pixels}
-        self.images_A = ImageList(self.root / f"{phase}{src}", **kw)
-        self.images_B = ImageList(self.root / f"{phase}{dst}", **kw)
+        kw: dict[str, Any] = {
+            "recursive": recursive,
+            "max_pixels": max_pixels,
+            "value_range": value_range,
+        }
+        self.images_A = ImageList(self.root / f"{phase}{src}", channels=channels_A, **kw)
+        self.images_B = ImageList(self.root / f"{phase}{dst}", channels=channels_B, **kw)
 
     def __len__(self) -> int:
         return max(len(self.images_A), len(self.images_B))
@@ -265,19 +329,22 @@ class UnalignedDataset(Dataset):
         )
 
 
-def _check_splittable(path: Path, img: Image.Image) -> None:
-    if img.width < 2:
-        raise UnreadableImage(path, f"{img.width}x{img.height} is too narrow to split into A|B")
+def _check_splittable(path: Path, img: np.ndarray) -> None:
+    h, w = img.shape[:2]
+    if w < 2:
+        raise UnreadableImage(path, f"{w}x{h} is too narrow to split into A|B")
 
 
 class AlignedDataset(Dataset):
     """pix2pix layout: ``root/{phase}/*`` images holding A (left half) | B (right half).
 
     Both halves get the same resize, crop and flip. ``direction="BtoA"`` swaps them.
-    An odd width drops the last column.
+    An odd width drops the last column. One file holds both domains, so ``channels_A`` and
+    ``channels_B`` (after the swap) are equal, or 1 and 3 (the file is read as RGB and the
+    one-channel half made grayscale, as the reference does).
 
-    Items: ``{"A", "B": float32 (3, H, W) in [-1, 1], "A_path", "B_path": str (the same
-    file), "skipped": int}``.
+    Items: ``{"A": float32 (channels_A, H, W), "B": float32 (channels_B, H, W), in [-1, 1];
+    "A_path", "B_path": str (the same file), "skipped": int}``.
     """
 
     def __init__(
@@ -294,18 +361,32 @@ class AlignedDataset(Dataset):
         recursive: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         interpolation: str = "bicubic",
+        channels_A: int = 3,
+        channels_B: int = 3,
+        value_range: Any = "auto",
     ) -> None:
         _check_direction(direction)
-        self.transform = _transform(preprocess, load_size, crop_size, flip, interpolation)
+        _check_channels(channels_A=channels_A, channels_B=channels_B)
+        if channels_A != channels_B and {channels_A, channels_B} != {1, 3}:
+            raise ConfigError(
+                f"aligned A|B images hold both domains in one file: their channel counts must "
+                f"be equal, or 1 and 3; got {channels_A} and {channels_B}"
+            )
+        self.transform = _transform(
+            preprocess, load_size, crop_size, flip, interpolation, value_range
+        )
         self.root = Path(root)
         self.phase = phase
         self.direction = direction
         self.seed = seed
+        self.channels_A, self.channels_B = channels_A, channels_B
         self.images = ImageList(
             self.root / phase,
             recursive=recursive,
             max_pixels=max_pixels,
             check=_check_splittable,
+            channels=max(channels_A, channels_B),
+            value_range=value_range,
         )
 
     def __len__(self) -> int:
@@ -315,11 +396,13 @@ class AlignedDataset(Dataset):
         epoch, index = _split_key(key, len(self))
         g = item_generator(self.seed, epoch, index)
         img, path, skipped = self.images.read(index)
-        w2, h = img.width // 2, img.height
-        left, right = img.crop((0, 0, w2, h)), img.crop((w2, 0, 2 * w2, h))
+        w2 = img.shape[1] // 2
+        left, right = img[:, :w2], img[:, w2 : 2 * w2]
         if self.direction == "BtoA":
             left, right = right, left
-        params = self.transform.get_params(left.size, g)
+        left = to_channels(left, self.channels_A, path)
+        right = to_channels(right, self.channels_B, path)
+        params = self.transform.get_params((w2, img.shape[0]), g)
         return {
             "A": self.transform.apply(left, params),
             "B": self.transform.apply(right, params),

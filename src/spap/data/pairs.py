@@ -76,8 +76,10 @@ def resize_ids(ids: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarra
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float in [-1, 1]."""
-    return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float in [-1, 1], the training data's values
+    (the reference's ``(x / 255 - 0.5) / 0.5`` in float32)."""
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float()
+    return t.div_(255.0).sub_(0.5).div_(0.5)
 
 
 class AlignedPairs:

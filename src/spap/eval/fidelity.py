@@ -182,9 +182,11 @@ def _missing_weights_hint() -> str:
     )
 
 
-def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
+def resolve_inception_weights(path: str | os.PathLike | None = None, metrics: str = "") -> Path:
     """The Inception weights file: ``path``, else ``$SPAP_INCEPTION_WEIGHTS``, else
-    :func:`default_inception_path`. Raises :class:`SpapError` saying how to get it."""
+    :func:`default_inception_path`. Raises :class:`SpapError` saying how to get it (and,
+    given ``metrics`` such as ``"IS"``, what needs it)."""
+    for_what = f" for {metrics}" if metrics else ""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -200,15 +202,17 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     if p.is_file():
         return p
     raise SpapError(
-        f"the FID Inception weights are missing: {INCEPTION_FILE} (torch-fidelity's TF-ported "
+        f"the Inception weights{for_what} are missing: {INCEPTION_FILE} (torch-fidelity's TF-ported "
         f"Inception v3, inception-2015-12-05); nothing is downloaded at run time: "
         f"{_missing_weights_hint()}"
     )
 
 
-def _resolve_weights(feature_extractor: str, weights_path: str | os.PathLike | None) -> str | None:
+def _resolve_weights(
+    feature_extractor: str, weights_path: str | os.PathLike | None, metrics: str = ""
+) -> str | None:
     if feature_extractor == INCEPTION:
-        return str(resolve_inception_weights(weights_path))
+        return str(resolve_inception_weights(weights_path, metrics))
     if weights_path is None:
         if feature_extractor in _NO_WEIGHTS:
             return None
@@ -589,7 +593,11 @@ def _cache_name(src: _Source, fe_tag: str) -> str | None:
 
 
 def _setup(
-    feature_extractor: str, weights_path: Any, feature_layer: str | None, metric: str
+    feature_extractor: str,
+    weights_path: Any,
+    feature_layer: str | None,
+    metric: str,
+    metrics: str = "",
 ) -> tuple[str | None, str]:
     _register_builtin()
     if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
@@ -597,7 +605,7 @@ def _setup(
             f"unknown feature extractor {feature_extractor!r}; registered: "
             f"{', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}"
         )
-    weights = _resolve_weights(feature_extractor, weights_path)
+    weights = _resolve_weights(feature_extractor, weights_path, metrics)
     cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
     layer = feature_layer or cls.get_default_feature_layer_for_metric(metric)
     return weights, layer
@@ -759,18 +767,23 @@ def compute_metrics(
         cache, cache_dir: statistics/features cache of folder inputs.
         seed: torch-fidelity's ``rng_seed`` (KID subsets, IS split shuffle) and the first
             generator seed.
-        kid_subsets, kid_subset_size: KID subsets (the size is capped at the input sizes).
+        kid_subsets, kid_subset_size: KID subsets; a size not smaller than the smaller set
+            becomes half that set (:func:`kid_size`), which the result's
+            ``kid_subset_size`` reports.
         isc_splits: IS splits (capped at the number of images).
 
     Returns:
-        a dict with ``fid``, ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std`` (those asked).
+        a dict with ``fid``, ``kid_mean``, ``kid_std`` (and ``kid_subset_size``),
+        ``is_mean``, ``is_std`` (those asked).
         The numbers are torch-fidelity's (the same functions as
         :func:`torch_fidelity.calculate_metrics`).
     """
     if not (fid or kid or isc):
         raise SpapError("nothing to compute: ask for at least one of FID, KID, IS")
+    names = [name for name, on in (("FID", fid), ("KID", kid), ("IS", isc)) if on]
+    asked = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     weights, layer = _setup(
-        feature_extractor, weights_path, feature_layer, "fid" if (fid or kid) else "isc"
+        feature_extractor, weights_path, feature_layer, "fid" if (fid or kid) else "isc", asked
     )
     cls = FEATURE_EXTRACTORS_REGISTRY[feature_extractor]
     cuda, dev_ctx = _device_kwargs(device)
@@ -813,9 +826,16 @@ def compute_metrics(
         if kid:
             assert r_src is not None
             kwargs["kid_subsets"] = kid_subsets
-            kwargs["kid_subset_size"] = max(
-                2, min(kid_subset_size, f_src.count or 0, r_src.count or 0)
-            )
+            kwargs["kid_subset_size"] = kid_size(kid_subset_size, f_src.count, r_src.count)
+            if kwargs["kid_subset_size"] != kid_subset_size:
+                log.info(
+                    "KID: subsets of %d images, not %d: half the smaller set (%d images), so "
+                    "that the subsets differ (subsets of a whole set are all that set, with a "
+                    "standard deviation of 0)",
+                    kwargs["kid_subset_size"],
+                    kid_subset_size,
+                    min(f_src.count or 0, r_src.count or 0),
+                )
         feats = _Features(
             feature_extractor,
             list(layers.values()),
@@ -845,7 +865,21 @@ def compute_metrics(
         "inception_score_mean": "is_mean",
         "inception_score_std": "is_std",
     }
-    return {names[k]: float(v) for k, v in raw.items() if k in names}
+    out = {names[k]: float(v) for k, v in raw.items() if k in names}
+    if kid:
+        out["kid_subset_size"] = kwargs["kid_subset_size"]
+    return out
+
+
+def kid_size(requested: int, n_fake: int | None, n_real: int | None) -> int:
+    """The KID subset size used for ``requested`` and the two sets' sizes: ``requested``
+    where it is smaller than both sets; otherwise half the smaller set (at least 2), so that
+    the subsets differ and their standard deviation means something (subsets of a whole set
+    are all that set: a standard deviation of 0)."""
+    n = min(n_fake or 0, n_real or 0)
+    if requested < n:
+        return max(2, requested)
+    return max(2, n // 2)
 
 
 def compute_fid(real: Any, fake: Any, **kwargs: Any) -> float:
@@ -882,7 +916,7 @@ def compute_statistics(
 ) -> dict[str, Any]:
     """FID statistics ``{"mu", "sigma", "num_images", "feature_extractor", "feature_layer",
     "weights_file"}`` of a folder, generator, tensor or dataset."""
-    weights, layer = _setup(feature_extractor, weights_path, feature_layer, "fid")
+    weights, layer = _setup(feature_extractor, weights_path, feature_layer, "fid", "FID")
     cuda, dev_ctx = _device_kwargs(device)
     src = _resolve(
         source, num_samples=num_samples, size=size, seed=seed, batch_size=batch_size, device=device

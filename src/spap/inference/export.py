@@ -6,7 +6,8 @@
 Every export is checked numerically against the eager generator (ONNX through
 onnxruntime, TorchScript by reloading the file, safetensors by rebuilding the generator from
 the file alone); a difference above ``tolerance`` (1e-4) fails the export. Spectral-norm
-parametrizations, if any, are baked into plain weights first.
+parametrizations, if any, are baked into plain weights first. Files are written atomically
+(complete or not at all): a failed write (a full disk) is one line naming the file and why.
 
 The exported graph is the bare generator: input (N, C, H, W) in [-1, 1] with H and W
 multiples of 4, output (N, C', H, W) in [-1, 1]. ONNX files have dynamic batch, height and
@@ -20,6 +21,7 @@ drawn from N(0, 1), output (N, 3, R, R) in [-1, 1]; ONNX has a dynamic batch.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -37,16 +39,18 @@ from spap.config import to_dict
 from spap.errors import SpapError
 from spap.inference import load
 from spap.inference.loading import SAFETENSORS_FORMAT, load_generators, write_safetensors
+from spap.inference.pretrained import save_pretrained
 from spap.inference.sample import Sampler
 from spap.inference.translate import Translator
 from spap.layers import remove_spectral_norm
+from spap.train.checkpoint import atomic_write_bytes, find_os_error, write_error_reason
 
 __all__ = ["FORMATS", "ExportResult", "export_generator"]
 
 log = logging.getLogger(__name__)
 
 #: Formats :func:`export_generator` writes.
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors", "huggingface")
 
 
 @dataclass
@@ -105,9 +109,11 @@ def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool
     try:
         torch.onnx.export(g, (x,), str(path), dynamic_shapes=dyn, **kwargs)
         return True
-    except OSError as exc:
-        raise SpapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except OSError:
+        raise
     except Exception as exc:  # an exporter that cannot keep the shapes symbolic
+        if find_os_error(exc) is not None:  # a failed write, not a failed trace
+            raise
         log.warning(
             "dynamic-shape ONNX export failed (%s); exporting for %s only",
             str(exc).splitlines()[0],
@@ -115,6 +121,23 @@ def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool
         )
     torch.onnx.export(g, (x,), str(path), **kwargs)
     return False
+
+
+def _export_onnx_atomic(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
+    """:func:`_export_onnx` into a temporary file beside ``path``, renamed over it once
+    complete: a failed export (a full disk) leaves no partial file and names the cause."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        dynamic = _export_onnx(g, x, tmp, opset)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        cause = find_os_error(exc)
+        if cause is None or isinstance(exc, KeyboardInterrupt):
+            raise
+        raise SpapError(f"could not write {path}: {write_error_reason(cause)}") from None
+    return dynamic
 
 
 def _forward_args(g: nn.Module) -> list[str]:
@@ -137,7 +160,7 @@ def _export_torchscript(g: nn.Module, x: Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices and tracer warnings (checked below)
         traced = torch.jit.trace(g, (x,), check_trace=False)
-        traced.save(str(path))
+    atomic_write_bytes(path, lambda fh: torch.jit.save(traced, fh))
 
 
 def _run_torchscript(path: Path, x: Tensor) -> Tensor:
@@ -183,7 +206,7 @@ def _write(
     """Write ``g`` (spectral norm baked) in ``format``; return how to run the file and
     whether its shapes are dynamic."""
     if format == "onnx":
-        return _run_onnx, _export_onnx(g, inputs[0], path, opset)
+        return _run_onnx, _export_onnx_atomic(g, inputs[0], path, opset)
     if format == "torchscript":
         _export_torchscript(g, inputs[0], path)
         return _run_torchscript, True
@@ -216,6 +239,9 @@ def export_generator(
     """
     if format not in FORMATS:
         raise SpapError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
+    if format == "huggingface":  # a folder of every generator: spap.inference.pretrained
+        saved = save_pretrained(checkpoint, output)
+        return ExportResult(saved.path, format, ", ".join(saved.generators), saved.max_abs_diff)
     if isinstance(checkpoint, (Translator, Sampler)):
         loaded = checkpoint
     else:

@@ -12,10 +12,17 @@ metadata block: ``format: spap-generator``, ``format_version``, ``kind``, ``mode
 model section as JSON), ``direction`` (CycleGAN), ``crop_size`` and ``sha256``, a digest of
 the tensors checked on load. Files written by 0.1 (``spap-cyclegan-generator`` /
 ``spap-gan-generator``, the whole config, no digest) are still read.
+
+Hugging Face folders (``save_pretrained``, ``spap export --format huggingface``: see
+:mod:`spap.inference.pretrained`) hold ``config.json`` (kind, model section, generators and
+their channels) and ``model.safetensors`` (every generator, names prefixed ``AtoB.`` /
+``BtoA.`` / ``G.``, with the digest); ``hf://user/name[@revision]`` names such a folder on
+the Hugging Face Hub (:func:`spap.inference.hub.snapshot`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,12 +36,29 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from spap.config import from_dict
 from spap.errors import CheckpointError, SpapError
+from spap.inference.hub import (
+    HUB_PREFIX,
+    PRETRAINED_FORMAT,
+    WEIGHTS_NAME,
+    is_pretrained_folder,
+    read_config,
+    snapshot,
+)
 from spap.layers import remove_spectral_norm
-from spap.models.cyclegan import build_generator
+from spap.models.cyclegan import (
+    CycleGANModelConfig,
+    architecture_mismatches,
+    build_generator,
+    convert_reference_generator,
+    load_problems,
+    load_weights,
+)
 from spap.systems import get_system, model_config
 from spap.systems.cyclegan import inference_generators
 from spap.train.checkpoint import atomic_write_bytes, load_checkpoint
+from spap.train.loop import allocation_failure
 
 __all__ = [
     "SAFETENSORS_FORMAT",
@@ -137,6 +161,8 @@ def _from_safetensors(path: str | os.PathLike) -> LoadedGenerators:
     name = os.fspath(path)
     meta, tensors = read_safetensors(path)
     fmt = meta.get("format")
+    if meta.get("spap_format") == PRETRAINED_FORMAT and Path(name).name == WEIGHTS_NAME:
+        return _from_pretrained(Path(name).parent)  # the weights of a Hugging Face folder
     if fmt == SAFETENSORS_FORMAT:
         kind = meta.get("kind", "")
         model = _json(meta, "model", name)
@@ -169,6 +195,37 @@ def _from_safetensors(path: str | os.PathLike) -> LoadedGenerators:
     g = build_generator(cfg, in_nc, out_nc)
     _load_state(g, tensors, name, baked=True)
     return LoadedGenerators(kind, cfg, {direction: g.eval()}, name, info)
+
+
+def _from_pretrained(folder: Path) -> LoadedGenerators:
+    """A Hugging Face folder written by :func:`spap.inference.pretrained.save_pretrained`."""
+    name = os.fspath(folder)
+    config = read_config(folder)
+    _, tensors = read_safetensors(folder / WEIGHTS_NAME)
+    kind = config.get("kind")
+    try:
+        system = get_system(str(kind))
+    except SpapError:
+        raise CheckpointError(f"{name}: unknown model kind {kind!r}") from None
+    cfg = model_config(system.kind, config, source=name)
+    specs = config.get("generators")
+    valid = ("G",) if system.kind == "gan" else ("AtoB", "BtoA")
+    if not isinstance(specs, Mapping) or not specs or not set(specs) <= set(valid):
+        raise CheckpointError(f"{name}: config.json names no generator ({', '.join(valid)})")
+    gens: dict[str, nn.Module] = {}
+    for key, spec in specs.items():
+        state = {k[len(key) + 1 :]: v for k, v in tensors.items() if k.startswith(key + ".")}
+        if system.kind == "gan":
+            g = system.build_networks(cfg)["G"]
+        else:
+            try:
+                g = build_generator(cfg, int(spec["input_nc"]), int(spec["output_nc"]))
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{name}: config.json has no channel counts for {key}") from None
+        _load_state(g, state, f"{name} ({key})", baked=True)
+        gens[key] = g.eval()
+    info = {k: config[k] for k in ("step", "crop_size", "ema", "metrics") if k in config}
+    return LoadedGenerators(system.kind, cfg, gens, name, info)
 
 
 def _from_checkpoint(path: str | os.PathLike, kind: str | None, ema: bool) -> LoadedGenerators:
@@ -204,20 +261,113 @@ def _from_checkpoint(path: str | os.PathLike, kind: str | None, ema: bool) -> Lo
         _load_state(nets[stored], models[stored], f"{name} ({stored})")
         gens[direction] = nets[stored].eval()
     crop = data.get("crop_size")
-    info.update(crop_size=int(crop) if isinstance(crop, int) else None)
+    info.update(crop_size=int(crop) if isinstance(crop, int) else None, data_root=data.get("root"))
     return LoadedGenerators("cyclegan", cfg, gens, name, info)
 
 
-def load_generators(
-    path: str | os.PathLike, kind: str | None = None, ema: bool = True
+def _reference_state(path: str | os.PathLike) -> dict[str, Tensor] | None:
+    """The tensors of a reference CycleGAN weights file (``latest_net_G_A.pth``: a bare
+    state dict, keys ``model.<i>.*``, possibly ``module.``-prefixed), or None for anything
+    else (a spap checkpoint, a folder, an unreadable or unsafe file: the checkpoint loader
+    reports those). Read with ``weights_only=True``, memory-mapped where the file allows."""
+    p = Path(path)
+    if p.suffix not in (".pth", ".pt") or not p.is_file():
+        return None
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - files of old torch versions cannot be mapped
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - not ours to report here
+            return None
+    if not isinstance(state, Mapping) or not state or "format" in state:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        return None
+    if not any(k.startswith(("model.", "module.model.")) for k in state):
+        return None
+    return dict(state)
+
+
+#: Model-section keys a reference generator file determines (compared with ``model``).
+_REFERENCE_ARCH = ("ngf", "n_blocks", "norm", "dropout", "padding_mode")
+
+
+def _from_reference(
+    path: str | os.PathLike, state: Mapping[str, Tensor], model: Mapping[str, Any]
 ) -> LoadedGenerators:
-    """The generators of a checkpoint file, a run folder (its latest checkpoint) or a
-    ``.safetensors`` export. ``kind`` ("cyclegan" / "gan") refuses other kinds in one line;
-    ``ema=False`` takes a GAN checkpoint's raw generator instead of its weight average."""
-    if os.fspath(path).endswith(".safetensors") and not Path(path).is_dir():
-        loaded = _from_safetensors(path)
-    else:
-        loaded = _from_checkpoint(path, kind, ema)
+    """One generator of the reference CycleGAN: the architecture from its tensors, the
+    rest of the model section from ``model`` (schema defaults: the reference's). A file of
+    G_B (``*G_B.pth``) translates BtoA, any other (``*G_A.pth``, the pretrained models'
+    ``latest_net_G.pth``) AtoB."""
+    name = os.fspath(path)
+    converted, arch = convert_reference_generator(state, source=name)
+    direction = "BtoA" if Path(name).stem.endswith("G_B") else "AtoB"
+    # the model section's channels are domain A's and B's: a BtoA generator maps B to A
+    a_nc, b_nc = (arch["input_nc"], arch["output_nc"])[:: 1 if direction == "AtoB" else -1]
+    given = {k: model[k] for k in (*_REFERENCE_ARCH, "input_nc", "output_nc") if k in model}
+    found = {**{k: arch[k] for k in _REFERENCE_ARCH}, "input_nc": a_nc, "output_nc": b_nc}
+    problems = architecture_mismatches(found, given, expected_in="given")
+    if problems:
+        raise CheckpointError(f"{name}: {'; '.join(problems)}")
+    cfg = from_dict(CycleGANModelConfig, {**dict(model), **found}, prefix="model.")
+    g = build_generator(cfg, arch["input_nc"], arch["output_nc"])
+    report = load_weights(g, converted, source=name, skip_mismatched=True)
+    problems = load_problems(g, report)
+    if problems:
+        raise CheckpointError(f"{name}: {'; '.join(problems)}")
+    info: dict[str, Any] = {"crop_size": None, "reference": True}
+    return LoadedGenerators("cyclegan", cfg, {direction: g.eval()}, name, info)
+
+
+@contextlib.contextmanager
+def _allocation_named(path: str | os.PathLike):
+    """Networks a file's model section makes too large to allocate: one line naming it."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        why = allocation_failure(exc)
+        if why is None:
+            raise
+        raise CheckpointError(
+            f"{os.fspath(path)}: cannot build its networks: {why}; its model section asks "
+            "for more memory than this machine has"
+        ) from None
+
+
+def load_generators(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    ema: bool = True,
+    model: Mapping[str, Any] | None = None,
+) -> LoadedGenerators:
+    """The generators of a checkpoint file, a run folder (its latest checkpoint), a
+    ``.safetensors`` export, a Hugging Face folder (local, or ``hf://user/name`` on the
+    Hub) or a reference CycleGAN generator file (``latest_net_G_A.pth``: one generator,
+    its architecture read from the weights). ``kind`` ("cyclegan" / "gan") refuses other
+    kinds in one line; ``ema=False`` takes a GAN checkpoint's raw generator instead of its
+    weight average. ``model``: model-section keys for a reference file (what the weights
+    do not tell, e.g. ``attention``; a key they contradict fails, naming it); the other
+    files carry their model section, and ``model`` is refused for them."""
+    if os.fspath(path).startswith(HUB_PREFIX):
+        path = snapshot(os.fspath(path))
+    reference = None
+    if not is_pretrained_folder(path) and not os.fspath(path).endswith(".safetensors"):
+        reference = _reference_state(path)
+    if model and reference is None:
+        raise SpapError(
+            f"{os.fspath(path)} carries its model config: model settings (--model) apply to "
+            "reference CycleGAN generator files (latest_net_G_A.pth) only"
+        )
+    with _allocation_named(path):
+        if reference is not None:
+            loaded = _from_reference(path, reference, model or {})
+        elif is_pretrained_folder(path):
+            loaded = _from_pretrained(Path(path))
+        elif os.fspath(path).endswith(".safetensors") and not Path(path).is_dir():
+            loaded = _from_safetensors(path)
+        else:
+            loaded = _from_checkpoint(path, kind, ema)
     if kind is not None and loaded.kind != kind:
         raise CheckpointError(
             f"{loaded.source} holds a {loaded.kind!r} model, but a {kind!r} model is needed"

@@ -30,6 +30,7 @@ from spap.data.transforms import tensor_to_pil, to_tensor_image
 from spap.devices import pick_device
 from spap.errors import SpapError
 from spap.inference.loading import load_generators
+from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.layers import record_attention
 from spap.models.sngan import SNGANGenerator, latents
 from spap.viz.attention import attention_maps, attention_overlays
@@ -79,7 +80,11 @@ def _read_png(path: Path) -> torch.Tensor:
 
 
 class Sampler:
-    """A generator in eval mode, ready to sample; see :meth:`from_checkpoint`."""
+    """A generator in eval mode, ready to sample; see :meth:`from_checkpoint`.
+
+    ``runtime="onnxruntime"`` runs the generator through ONNX Runtime on the CPU (exported
+    once, cached beside ``source``: :mod:`spap.inference.runtime`); PyTorch where ONNX
+    Runtime is not installed, and for attention maps."""
 
     def __init__(
         self,
@@ -89,7 +94,12 @@ class Sampler:
         step: int = 0,
         ema: bool = True,
         source: str = "",
+        runtime: str = "torch",
     ) -> None:
+        where = device if device is not None else next(generator.parameters()).device
+        self.runtime = choose_runtime(runtime, where)
+        if self.runtime == "onnxruntime":
+            device = "cpu"
         if device is not None:
             generator = generator.to(pick_device(device))
         self.generator = generator.eval().requires_grad_(False)
@@ -97,24 +107,32 @@ class Sampler:
         self.step = step
         self.ema = ema
         self.source = source
+        self._engine: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._attention_noted = False
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.generator.parameters())
         units = len(self.generator.attention_units())
         src = f", source={self.source!r}" if self.source else ""
+        rt = f", runtime={self.runtime}" if self.runtime != "torch" else ""
         return (
             f"Sampler({self.resolution}px, z_dim={self.generator.z_dim}, {n / 1e6:.2f}M "
             f"parameters, {units} attention units, {'EMA' if self.ema else 'raw'} weights, "
-            f"step {self.step}; device={self.device}{src})"
+            f"step {self.step}; device={self.device}{rt}{src})"
         )
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str | torch.device = "auto", ema: bool = True
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        ema: bool = True,
+        runtime: str = "torch",
     ) -> Sampler:
         """From a GAN checkpoint (file or run folder; the generator is rebuilt from the
         model section of its stored config) or a ``.safetensors`` export.
-        ``ema=False`` takes a checkpoint's raw instead of its averaged generator."""
+        ``ema=False`` takes a checkpoint's raw instead of its averaged generator;
+        ``runtime`` as for the constructor."""
         loaded = load_generators(path, kind="gan", ema=ema)
         return cls(
             loaded.generators["G"],
@@ -122,6 +140,7 @@ class Sampler:
             step=int(loaded.info.get("step", 0)),
             ema=bool(loaded.info.get("ema", True)),
             source=loaded.source,
+            runtime=runtime,
         )
 
     @property
@@ -140,10 +159,23 @@ class Sampler:
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         z = latents(seed, indices, self.generator.z_dim).to(self.device)
         if not attention:
-            return self.generator(z).float().cpu(), {}
+            return self._forward(z).float().cpu(), {}
+        if self.runtime != "torch" and not self._attention_noted:
+            log.info("attention maps come from PyTorch: ONNX Runtime does not expose them")
+            self._attention_noted = True
         with record_attention(self.generator) as maps:
             images = self.generator(z).float().cpu()
         return images, {k: [m.float().cpu() for m in v] for k, v in maps.items()}
+
+    def _forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The generator's images for latents ``z`` by this sampler's runtime (an ONNX
+        Runtime session exported on first use, or the PyTorch module)."""
+        if self.runtime == "torch":
+            return self.generator(z)
+        if self._engine is None:
+            name = "G_ema" if self.ema else "G"
+            self._engine = onnx_generator(self.generator, name, self.source)
+        return self._engine(z)
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 16, start: int = 0) -> torch.Tensor:
         """Images ``start .. start + n - 1`` of ``seed``: (n, 3, R, R) in [-1, 1] on the CPU."""

@@ -24,6 +24,7 @@ from spap.errors import ConfigError
 from spap.layers.base import AttentionUnit
 from spap.layers.factories import check_choice
 from spap.layers.layer_spec import ActLayer, ConvLayer, LayerSpec, NormLayer
+from spap.layers.pretrained import PretrainedUnitMixin
 
 __all__ = [
     "ATTENTION_SHAPES",
@@ -132,7 +133,7 @@ class AttentiveFuse(nn.Module):
         return out, a
 
 
-class SPAP(AttentionUnit):
+class SPAP(AttentionUnit, PretrainedUnitMixin):
     """Spatial Pyramid Attentive Pooling unit: (N, C, H, W) -> (N, C, H, W).
 
     Args:
@@ -175,6 +176,9 @@ class SPAP(AttentionUnit):
     cascade order, each of shape (N, 2, H, W) / (N, 2, C', 1, 1) / (N, 2, C', H, W) for
     spatial / channel / both attention; ``maps[k][:, 0]`` weights the running (cascade)
     input, ``maps[k][:, 1]`` the branch brought in at step k, and they sum to 1.
+
+    ``unit.save_pretrained(folder)`` / ``SPAP.from_pretrained(folder or "user/name")`` store
+    and rebuild a unit in the Hugging Face layout (:mod:`spap.layers.pretrained`).
     """
 
     def __init__(
@@ -219,6 +223,21 @@ class SPAP(AttentionUnit):
         self.normalizer = normalizer
         self.fuse_layers = fuse_layers
         self.fuse_kernel = fuse_kernel
+        self._init_args = {  # for save_pretrained
+            "channels": channels,
+            "rates": rates,
+            "inner_channels": inner_channels,
+            "order": order,
+            "attention": attention,
+            "normalizer": normalizer,
+            "fuse_layers": fuse_layers,
+            "fuse_kernel": fuse_kernel,
+            "conv_layer": conv_layer,
+            "norm_layer": norm_layer,
+            "act_layer": act_layer,
+            "spectral_norm": spectral_norm,
+            "gamma_init": gamma_init,
+        }
 
         # Branches are stored in rate order (branches.i <-> rates[i]) whatever the order.
         self.branches = nn.ModuleList(

@@ -43,7 +43,11 @@ Reference checkpoints
 (``latest_net_G_A.pth``, keys ``model.1.weight``, ``model.10.conv_block.1.weight`` ...),
 infers the architecture (ngf, number of blocks, norm, dropout, channels) and returns an
 equivalent :class:`ResnetGenerator`; :func:`load_reference_discriminator` does the same for
-``*_net_D_A.pth``.
+``*_net_D_A.pth``. :func:`architecture_mismatches` compares an inferred architecture with a
+configured one (:func:`generator_architecture`, :func:`discriminator_architecture`) and
+:func:`load_problems` lists what a non-strict :func:`load_weights` left that a strict
+start must not (the checks of ``train.init_networks`` and of reference files given to
+``spap translate`` / ``spap export``).
 """
 
 from __future__ import annotations
@@ -73,10 +77,14 @@ __all__ = [
     "PatchDiscriminator",
     "ResnetBlock",
     "ResnetGenerator",
+    "architecture_mismatches",
     "build_discriminator",
     "build_generator",
     "convert_reference_discriminator",
     "convert_reference_generator",
+    "discriminator_architecture",
+    "generator_architecture",
+    "load_problems",
     "load_reference_discriminator",
     "load_reference_generator",
     "load_weights",
@@ -431,42 +439,71 @@ def build_discriminator(
 
 # ----------------------------------------------------------------------------- weights
 
+#: Tensors a network holds that a weights file may lack without changing the function:
+#: spectral norm's power-iteration vectors, batch norm's batch counter (absent from files
+#: saved before PyTorch 0.4.1).
+_STATE_ONLY = ("._u", "._v", ".num_batches_tracked")
+
+
+def _natural(key: str) -> list[tuple[int, Any]]:
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in key.split(".")]
+
+
+def module_names(keys: list[str], limit: int | None = 6) -> str:
+    """``"trunk.6, trunk.7, ..."``: the modules (first two name parts) of tensor ``keys``,
+    in network order; at most ``limit`` of them (None: all)."""
+    prefixes = sorted({".".join(k.split(".")[:2]) for k in keys}, key=_natural)
+    if limit is None or len(prefixes) <= limit:
+        return ", ".join(prefixes)
+    return ", ".join(prefixes[:limit]) + f", ... ({len(prefixes)} modules)"
+
 
 @dataclass
 class LoadReport:
-    """What :func:`load_weights` did: copied, new (kept at init) and dropped tensor names."""
+    """What :func:`load_weights` did: copied, new (kept at init), dropped (no place in the
+    network) and, with ``skip_mismatched``, mismatched (another shape; kept at init) tensor
+    names."""
 
     loaded: list[str]
     new: list[str]
     dropped: list[str]
+    mismatched: list[str] = dataclasses.field(default_factory=list)
 
-    def summary(self) -> str:
-        def short(keys: list[str]) -> str:
-            prefixes = sorted({".".join(k.split(".")[:2]) for k in keys})
-            text = ", ".join(prefixes[:6])
-            return text + (f", ... ({len(prefixes)} modules)" if len(prefixes) > 6 else "")
-
+    def summary(self, limit: int | None = 6) -> str:
+        """One line; ``limit`` modules per list (None: all)."""
         out = f"{len(self.loaded)} tensors loaded"
         if self.new:
-            out += f"; {len(self.new)} new, kept at their initial values ({short(self.new)})"
+            out += (
+                f"; {len(self.new)} new, kept at their initial values "
+                f"({module_names(self.new, limit)})"
+            )
+        if self.mismatched:
+            out += (
+                f"; {len(self.mismatched)} of another shape, kept at their initial values "
+                f"({module_names(self.mismatched, limit)})"
+            )
         if self.dropped:
-            out += f"; {len(self.dropped)} not used ({short(self.dropped)})"
+            out += f"; {len(self.dropped)} not used ({module_names(self.dropped, limit)})"
         return out
 
 
 @torch.no_grad()
 def load_weights(
-    model: nn.Module, state: Mapping[str, Tensor], source: str = "weights"
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str = "weights",
+    skip_mismatched: bool = False,
 ) -> LoadReport:
     """Copy every tensor of ``state`` whose name exists in ``model`` (non-strict).
 
     Names missing from ``state`` (e.g. attention units added to a plain network) keep their
     values; names of ``state`` absent from ``model`` (e.g. a block replaced by a unit) are
-    reported as dropped. A shape mismatch, or no name in common at all, raises
-    :class:`CheckpointError` (the architectures differ).
+    reported as dropped. A shape mismatch raises :class:`CheckpointError` (the architectures
+    differ), or with ``skip_mismatched`` leaves that tensor at its value and reports it; no
+    name in common at all raises either way.
     """
     own = model.state_dict()
-    loaded, dropped = [], []
+    loaded, dropped, mismatched = [], [], []
     for key, value in state.items():
         target = key
         if target not in own and target.endswith(".weight"):
@@ -476,6 +513,9 @@ def load_weights(
             dropped.append(key)
             continue
         if own[target].shape != value.shape:
+            if skip_mismatched:
+                mismatched.append(target)
+                continue
             raise CheckpointError(
                 f"{source}: {key} has shape {tuple(value.shape)} but the network expects "
                 f"{tuple(own[target].shape)} (a different architecture: check ngf/ndf/n_blocks)"
@@ -484,14 +524,95 @@ def load_weights(
         loaded.append(target)
     if not loaded:
         raise CheckpointError(f"{source}: no tensor matches this network (wrong file or network?)")
-    new = [k for k in own if k not in set(loaded)]
-    return LoadReport(loaded, new, dropped)
+    done = set(loaded) | set(mismatched)
+    new = [k for k in own if k not in done]
+    return LoadReport(loaded, new, dropped, mismatched)
 
 
-def _read_state(path_or_state: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
+def load_problems(model: nn.Module, report: LoadReport) -> list[str]:
+    """What a load left that a *strict* fine-tuning start must not: host tensors the file
+    lacks (they kept their initial values), tensors of the file the network has no place
+    for, tensors of another shape. Allowed: attention units absent from the file (added on
+    purpose), blocks the network replaces by units (``replace:i``) and state-only tensors
+    (spectral norm's vectors, batch norm's counter)."""
+    replaced = tuple(
+        f"trunk.{i}."
+        for i, b in enumerate(getattr(model, "trunk", ()))
+        if isinstance(b, nn.Identity)
+    )
+    new = [k for k in report.new if not k.startswith("attention.") and not k.endswith(_STATE_ONLY)]
+    dropped = [
+        k for k in report.dropped if not k.startswith(replaced) and not k.endswith(_STATE_ONLY)
+    ]
+    out = []
+    if new:
+        out.append(f"not in the file: {module_names(new)}")
+    if dropped:
+        out.append(f"in the file, not in the network: {module_names(dropped)}")
+    if report.mismatched:
+        out.append(f"other shapes in the file: {module_names(report.mismatched)}")
+    return out
+
+
+def generator_architecture(
+    cfg: CycleGANModelConfig | Mapping[str, Any] | None = None,
+    input_nc: int | None = None,
+    output_nc: int | None = None,
+) -> dict[str, Any]:
+    """A generator's architecture in the keys :func:`convert_reference_generator` reports
+    (channels as :func:`build_generator` takes them)."""
+    cfg = _as_config(cfg)
+    return {
+        "ngf": cfg.ngf,
+        "n_blocks": cfg.n_blocks,
+        "norm": cfg.norm,
+        "dropout": cfg.dropout,
+        "padding_mode": cfg.padding_mode,
+        "input_nc": cfg.input_nc if input_nc is None else input_nc,
+        "output_nc": cfg.output_nc if output_nc is None else output_nc,
+    }
+
+
+def discriminator_architecture(
+    cfg: CycleGANModelConfig | Mapping[str, Any] | None = None, input_nc: int | None = None
+) -> dict[str, Any]:
+    """A PatchGAN's architecture in the keys :func:`convert_reference_discriminator` reports."""
+    cfg = _as_config(cfg)
+    return {
+        "ndf": cfg.ndf,
+        "n_layers_d": cfg.n_layers_d,
+        "norm": cfg.norm,
+        "input_nc": cfg.output_nc if input_nc is None else input_nc,
+    }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def architecture_mismatches(
+    found: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    found_in: str = "in the file",
+    expected_in: str = "in the config",
+) -> list[str]:
+    """``["n_blocks 9 in the file, 6 in the config", ...]``: every key of ``expected`` to
+    which ``found`` gives another value (keys ``found`` lacks are not compared)."""
+    return [
+        f"{key} {_show(found[key])} {found_in}, {_show(value)} {expected_in}"
+        for key, value in expected.items()
+        if key in found and found[key] != value
+    ]
+
+
+def _read_state(
+    path_or_state: str | os.PathLike | Mapping[str, Tensor], source: str | None = None
+) -> tuple[dict[str, Tensor], str]:
     if isinstance(path_or_state, Mapping):
         state = dict(path_or_state)
-        name = "state dict"
+        name = source or "state dict"
     else:
         name = os.fspath(path_or_state)
         try:
@@ -504,22 +625,47 @@ def _read_state(path_or_state: str | os.PathLike | Mapping[str, Tensor]) -> dict
                 f"{name}: not a readable PyTorch state dict ({first[:200]})"
             ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{name}: not a bare state dict of tensors")
+        if isinstance(state, Mapping) and state.get("format") == "spap-checkpoint":
+            raise CheckpointError(f"{name}: a spap checkpoint, not a reference CycleGAN state dict")
+        raise CheckpointError(
+            f"{name}: not a bare state dict of tensors (a reference CycleGAN weights file)"
+        )
     # Saved from nn.DataParallel: "module.model.1.weight".
-    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state, name
 
 
-def _modules(state: Mapping[str, Tensor]) -> dict[int, dict[str, Tensor]]:
+def _modules(state: Mapping[str, Tensor], name: str) -> dict[int, dict[str, Tensor]]:
     """``model.<i>.<rest>`` keys grouped by ``i``."""
     out: dict[int, dict[str, Tensor]] = {}
     for key, value in state.items():
         m = re.match(r"^model\.(\d+)\.(.+)$", key)
         if not m:
+            unet = key.startswith("model.model.")
             raise CheckpointError(
-                f"unexpected key {key!r}: not a reference CycleGAN state dict (keys model.<i>.*)"
+                f"{name}: a U-Net generator (pix2pix's unet_128 / unet_256), not a CycleGAN "
+                "ResNet generator"
+                if unet
+                else f"{name}: unexpected key {key!r}: not a reference CycleGAN state dict "
+                "(keys model.<i>.*)"
             )
         out.setdefault(int(m.group(1)), {})[m.group(2)] = value
     return out
+
+
+def _reference_kind(mods: Mapping[int, Mapping[str, Tensor]]) -> str | None:
+    """ "generator" (its first conv is ``model.1``, after a padding layer), "discriminator"
+    (``model.0``) or None."""
+
+    def conv(i: int) -> bool:
+        w = mods.get(i, {}).get("weight")
+        return w is not None and w.dim() == 4
+
+    if conv(0):
+        return "discriminator"
+    if conv(1):
+        return "generator"
+    return None
 
 
 _RUNNING = ("running_mean", "running_var", "num_batches_tracked")
@@ -533,15 +679,36 @@ def _norm_params(params: Mapping[str, Tensor], norm: str) -> dict[str, Tensor]:
     return {k: v for k, v in params.items() if k not in _RUNNING}
 
 
+def _zero_biases(out: dict[str, Tensor], transposed: tuple[str, ...] = ()) -> None:
+    """``norm='none'``: the reference's convs have no bias there, ours have one; a zero
+    bias is the same function."""
+    for key in [k for k in out if k.endswith(".weight")]:
+        bias = key[: -len("weight")] + "bias"
+        if bias not in out:
+            w = out[key]
+            out[bias] = w.new_zeros(w.shape[1] if key.startswith(transposed) else w.shape[0])
+
+
 def convert_reference_generator(
-    state: str | os.PathLike | Mapping[str, Tensor],
+    state: str | os.PathLike | Mapping[str, Tensor], source: str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Reference ``ResnetGenerator`` state dict -> (our state dict, architecture).
 
-    The architecture dict holds ``ngf, n_blocks, norm, dropout, input_nc, output_nc`` as read
-    from the tensors. Raises :class:`CheckpointError` if the layout is not the reference's.
+    The architecture dict holds ``ngf, n_blocks, norm, dropout, padding_mode, input_nc,
+    output_nc`` as read from the tensors (``norm``: batch if the norm layers have weights,
+    instance if the convs have biases, none otherwise; ``padding_mode`` is always
+    ``reflect``, the only padding of the reference's generator). Raises
+    :class:`CheckpointError` naming the file if the layout is not the reference's
+    generator's (a discriminator's, a U-Net's, a spap checkpoint). ``source`` names a
+    state dict given as a mapping in messages (a file is named by its path).
     """
-    mods = _modules(_read_state(state))
+    raw, name = _read_state(state, source)
+    mods = _modules(raw, name)
+    if _reference_kind(mods) == "discriminator":
+        raise CheckpointError(
+            f"{name}: a reference PatchGAN discriminator (NLayerDiscriminator), not a "
+            "ResNet generator"
+        )
     try:
         stem = mods[1]["weight"]
         ngf, input_nc = int(stem.shape[0]), int(stem.shape[1])
@@ -549,7 +716,12 @@ def convert_reference_generator(
         n_blocks = len(blocks)
         if blocks and blocks != list(range(10, 10 + n_blocks)):
             raise KeyError("residual blocks are not model.10 ...")
-        norm = "batch" if "weight" in mods.get(2, {}) else "instance"
+        if "weight" in mods.get(2, {}):
+            norm = "batch"
+        elif "bias" in mods[1]:
+            norm = "instance"
+        else:
+            norm = "none"
         dropout = (
             bool(blocks)
             and "conv_block.6.weight" in mods[blocks[0]]
@@ -559,7 +731,7 @@ def convert_reference_generator(
         output_nc = int(mods[head]["weight"].shape[0])
     except (KeyError, IndexError) as exc:
         raise CheckpointError(
-            f"not a reference CycleGAN ResNet generator state dict (missing {exc})"
+            f"{name}: not a reference CycleGAN ResNet generator state dict (missing {exc})"
         ) from None
 
     conv2 = 6 if dropout else 5
@@ -587,25 +759,30 @@ def convert_reference_generator(
     for idx, params in mods.items():
         if 10 <= idx < 10 + n_blocks:
             for key, value in params.items():
-                sub, name = key.rsplit(".", 1)
+                sub, leaf = key.rsplit(".", 1)
                 if sub not in block_table:
-                    raise CheckpointError(f"unexpected reference key model.{idx}.{key}")
+                    raise CheckpointError(f"{name}: unexpected reference key model.{idx}.{key}")
                 ours, is_norm = block_table[sub]
-                if is_norm and norm != "batch" and name in _RUNNING:
+                if is_norm and norm != "batch" and leaf in _RUNNING:
                     continue
-                out[f"trunk.{idx - 10}.{ours}.{name}"] = value
+                out[f"trunk.{idx - 10}.{ours}.{leaf}"] = value
             continue
         if idx not in table:
-            raise CheckpointError(f"unexpected reference key model.{idx}.{next(iter(params))}")
+            raise CheckpointError(
+                f"{name}: unexpected reference key model.{idx}.{next(iter(params))}"
+            )
         ours, is_norm = table[idx]
         kept = _norm_params(params, norm) if is_norm else params
-        for name, value in kept.items():
-            out[f"{ours}.{name}"] = value
+        for leaf, value in kept.items():
+            out[f"{ours}.{leaf}"] = value
+    if norm == "none":
+        _zero_biases(out, transposed=("up.",))
     arch = {
         "ngf": ngf,
         "n_blocks": n_blocks,
         "norm": norm,
         "dropout": dropout,
+        "padding_mode": "reflect",
         "input_nc": input_nc,
         "output_nc": output_nc,
     }
@@ -613,33 +790,44 @@ def convert_reference_generator(
 
 
 def convert_reference_discriminator(
-    state: str | os.PathLike | Mapping[str, Tensor],
+    state: str | os.PathLike | Mapping[str, Tensor], source: str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Reference ``NLayerDiscriminator`` state dict -> (our state dict, architecture)."""
-    mods = _modules(_read_state(state))
+    """Reference ``NLayerDiscriminator`` state dict -> (our state dict, architecture:
+    ``ndf, n_layers_d, norm, input_nc``)."""
+    raw, name = _read_state(state, source)
+    mods = _modules(raw, name)
+    if _reference_kind(mods) == "generator":
+        raise CheckpointError(f"{name}: a reference ResNet generator, not a PatchGAN discriminator")
     convs = sorted(i for i, p in mods.items() if "weight" in p and p["weight"].dim() == 4)
     n_layers = len(convs) - 2
     if n_layers < 1 or convs[0] != 0:
-        raise CheckpointError("not a reference CycleGAN PatchGAN (NLayerDiscriminator) state dict")
-    norm = (
-        "batch"
-        if any(
-            "running_mean" in mods.get(i + 1, {}) and "weight" in mods.get(i + 1, {})
-            for i in convs[1:-1]
+        raise CheckpointError(
+            f"{name}: not a reference CycleGAN PatchGAN (NLayerDiscriminator) state dict"
         )
-        else "instance"
-    )
+    middle = convs[1:-1]
+    if any(
+        "running_mean" in mods.get(i + 1, {}) and "weight" in mods.get(i + 1, {}) for i in middle
+    ):
+        norm = "batch"
+    elif all("bias" in mods[i] for i in middle):
+        norm = "instance"
+    else:
+        norm = "none"
     table: dict[int, tuple[str, bool]] = {0: ("layers.0.0", False), convs[-1]: ("head", False)}
-    for k, idx in enumerate(convs[1:-1], start=1):
+    for k, idx in enumerate(middle, start=1):
         table[idx] = (f"layers.{k}.0", False)
         table[idx + 1] = (f"layers.{k}.1", True)
     out: dict[str, Tensor] = {}
     for idx, params in mods.items():
         if idx not in table:
-            raise CheckpointError(f"unexpected reference key model.{idx}.{next(iter(params))}")
+            raise CheckpointError(
+                f"{name}: unexpected reference key model.{idx}.{next(iter(params))}"
+            )
         ours, is_norm = table[idx]
-        for name, value in (_norm_params(params, norm) if is_norm else params).items():
-            out[f"{ours}.{name}"] = value
+        for leaf, value in (_norm_params(params, norm) if is_norm else params).items():
+            out[f"{ours}.{leaf}"] = value
+    if norm == "none":
+        _zero_biases(out)
     arch = {
         "ndf": int(mods[0]["weight"].shape[0]),
         "n_layers_d": n_layers,
@@ -649,12 +837,17 @@ def convert_reference_discriminator(
     return out, arch
 
 
-def _check_arch(arch: Mapping[str, Any], given: Mapping[str, Any], source: str) -> None:
-    for key, value in given.items():
-        if value is not None and arch.get(key) != value:
-            raise CheckpointError(
-                f"{source}: the checkpoint has {key}={arch.get(key)!r}, not {value!r}"
-            )
+def _load_strict(net: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{source}: weights do not fit ({first[:200]})") from None
+
+
+def _fail_on(problems: list[str], source: str) -> None:
+    if problems:
+        raise CheckpointError(f"{source}: {'; '.join(problems)}")
 
 
 def load_reference_generator(
@@ -669,12 +862,16 @@ def load_reference_generator(
 
     The architecture is read from the file; ``n_blocks`` / ``ngf`` / ``norm`` / ``dropout``,
     if given, are checked against it. With ``model_cfg`` (e.g. one with SPAP units) that
-    network is built instead and loaded non-strictly: the attention units stay at their
-    initial values (SPAP is the identity at init, so the outputs are unchanged).
+    network is built instead (channels from the file) and its architecture checked against
+    the file's (ngf, n_blocks, norm, dropout, padding); it is loaded non-strictly: the
+    attention units stay at their initial values (SPAP is the identity at init, so the
+    outputs are unchanged). Every difference is named in one :class:`CheckpointError`.
     """
     source = "state dict" if isinstance(path, Mapping) else os.fspath(path)
     state, arch = convert_reference_generator(path)
-    _check_arch(arch, {"n_blocks": n_blocks, "ngf": ngf, "norm": norm, "dropout": dropout}, source)
+    given = {"n_blocks": n_blocks, "ngf": ngf, "norm": norm, "dropout": dropout}
+    given = {k: v for k, v in given.items() if v is not None}
+    _fail_on(architecture_mismatches(arch, given, expected_in="given"), source)
     if model_cfg is None:
         cfg = CycleGANModelConfig(
             ngf=arch["ngf"],
@@ -685,12 +882,14 @@ def load_reference_generator(
             output_nc=arch["output_nc"],
         )
         g = build_generator(cfg)
-        g.load_state_dict(state, strict=True)
+        _load_strict(g, state, source)
         return g
     cfg = _as_config(model_cfg)
-    _check_arch(arch, {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "norm": cfg.norm}, source)
+    expected = generator_architecture(cfg, arch["input_nc"], arch["output_nc"])
+    _fail_on(architecture_mismatches(arch, expected, expected_in="in the model config"), source)
     g = build_generator(cfg, arch["input_nc"], arch["output_nc"])
-    report = load_weights(g, state, source)
+    report = load_weights(g, state, source, skip_mismatched=True)
+    _fail_on(load_problems(g, report), source)
     log.info("%s: %s", source, report.summary())
     return g
 
@@ -708,10 +907,13 @@ def load_reference_discriminator(
             CycleGANModelConfig(), ndf=arch["ndf"], n_layers_d=arch["n_layers_d"], norm=arch["norm"]
         )
         d = build_discriminator(cfg, arch["input_nc"])
-        d.load_state_dict(state, strict=True)
+        _load_strict(d, state, source)
         return d
     cfg = _as_config(model_cfg)
+    expected = discriminator_architecture(cfg, arch["input_nc"])
+    _fail_on(architecture_mismatches(arch, expected, expected_in="in the model config"), source)
     d = build_discriminator(cfg, arch["input_nc"])
-    report = load_weights(d, state, source)
+    report = load_weights(d, state, source, skip_mismatched=True)
+    _fail_on(load_problems(d, report), source)
     log.info("%s: %s", source, report.summary())
     return d

@@ -14,7 +14,11 @@ from typing import Any
 from torch import nn
 
 from spap.config import RunConfig, option
-from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
+from spap.data.transforms import (
+    PREPROCESS_OPTIONS,
+    check_transform_options,
+    check_value_range,
+)
 from spap.errors import ConfigError
 from spap.models.cyclegan import CycleGANModelConfig, build_discriminator, build_generator
 from spap.systems.base import ADVERSARIAL_LOSSES
@@ -31,6 +35,9 @@ __all__ = [
 
 #: The four networks of a CycleGAN, as named in checkpoints.
 NETWORKS = ("G_A", "G_B", "D_A", "D_B")
+#: Most residual blocks a generator may have (more are built one by one until memory runs
+#: out, which no single allocation would report).
+MAX_BLOCKS = 1000
 
 
 @dataclasses.dataclass
@@ -63,9 +70,15 @@ class CycleGANDataConfig:
     interpolation: str = option(
         "bicubic", "resize filter", choices=("bicubic", "bilinear", "nearest")
     )
+    value_range: str | list[float] = option(
+        "auto",
+        "pixel values mapped to -1 and 1: auto (0..255 for 8-bit files, 0..65535 for 16-bit, "
+        "0..1 for float) or [lo, hi] (values outside clipped); see docs/data.md",
+    )
 
     def validate(self) -> None:
         check_transform_options(self.preprocess, self.load_size, self.crop_size, prefix="data.")
+        check_value_range(self.value_range, prefix="data.")
         if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") and (
             self.crop_size % 4
         ):
@@ -103,13 +116,20 @@ class CycleGANTrainConfig:
     pool_size: int = option(50, "image pool size per discriminator (0: no pool)", min=0)
     init_from: str | None = option(
         None,
-        "start from the weights of a spap CycleGAN checkpoint or run folder (non-strict: "
-        "attention units absent from it keep their initial values)",
+        "start from the weights of a spap CycleGAN checkpoint or run folder (attention "
+        "units absent from it keep their initial values; see train.init_strict)",
     )
     init_networks: dict[str, str] = option(
         default_factory=dict,
         help="start single networks from files: {G_A: latest_net_G_A.pth, ...}; a reference "
-        "CycleGAN state dict or a spap checkpoint (non-strict, like init_from)",
+        "CycleGAN state dict or a spap checkpoint (checked like init_from)",
+    )
+    init_strict: bool = option(
+        True,
+        "init_from / init_networks: fail, naming each difference, when a file's network "
+        "differs from the configured one (blocks, widths, norm, dropout, padding, channels, "
+        "attention units); false: load the tensors that fit and log what was dropped and "
+        "what kept its initial values",
     )
     num_visuals: int = option(4, "images per row of the sample grids", min=1)
     batched_forwards: str = option(
@@ -154,6 +174,18 @@ class CycleGANConfig:
             raise ConfigError(
                 "train.lambda_identity > 0 needs model.input_nc == model.output_nc "
                 "(set train.lambda_identity=0)"
+            )
+        if self.data.preprocess in ("none", "scale_width") and self.train.batch_size > 1:
+            raise ConfigError(
+                f"train.batch_size={self.train.batch_size} with data.preprocess="
+                f"{self.data.preprocess}: it keeps each image's own size, so a batch cannot "
+                "hold several images; use train.batch_size=1 or a preprocess that crops "
+                "(resize_and_crop, crop, scale_width_and_crop)"
+            )
+        if self.model.n_blocks > MAX_BLOCKS:
+            raise ConfigError(
+                f"model.n_blocks={self.model.n_blocks}: at most {MAX_BLOCKS} residual blocks "
+                "(the paper uses 9)"
             )
 
 

@@ -13,7 +13,11 @@ from typing import Any
 from torch import nn
 
 from spap.config import RunConfig, option
-from spap.data.transforms import PREPROCESS_OPTIONS, check_transform_options
+from spap.data.transforms import (
+    PREPROCESS_OPTIONS,
+    check_transform_options,
+    check_value_range,
+)
 from spap.errors import ConfigError
 from spap.models.sngan import SNGANConfig, build_discriminator, build_generator
 from spap.systems.base import ADVERSARIAL_LOSSES
@@ -39,11 +43,17 @@ class GANDataConfig:
         None, "resize target before cropping (default: size, i.e. no crop)", min=1
     )
     flip: bool = option(True, "random horizontal flips")
+    value_range: str | list[float] = option(
+        "auto",
+        "pixel values mapped to -1 and 1: auto (0..255 for 8-bit files, 0..65535 for 16-bit, "
+        "0..1 for float) or [lo, hi] (values outside clipped); see docs/data.md",
+    )
 
     def validate(self) -> None:
         check_transform_options(
             self.preprocess, self.load_size or self.size, self.size, prefix="data.", crop_key="size"
         )
+        check_value_range(self.value_range, prefix="data.")
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ Run folder layout::
 
     RUN_DIR/checkpoints/step_0001000.pt
     RUN_DIR/checkpoints/latest          (text: the file name of the newest checkpoint)
+    RUN_DIR/checkpoints/best            (text: best_step_NNNNNNN.pt, chosen by run.best_metric)
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from typing import Any
 
 import torch
 
-from spap.errors import CheckpointError
+from spap.errors import CheckpointError, SpapError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not a POSIX system: run folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,12 @@ VERSION = 2
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 #: Keys without which a checkpoint cannot be resumed from (it is skipped like a corrupt one).
 _RESUME_KEYS = ("step", "task")
+#: Deepest nesting of containers a loaded file may hold (spap's checkpoints reach 7).
+MAX_DEPTH = 32
+#: Most values (keys, items, tensors) a loaded file may hold (spap's: a few thousand).
+MAX_ITEMS = 1_000_000
+#: Lock file of a run folder (see :class:`RunLock`).
+LOCK_NAME = ".lock"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -70,38 +82,180 @@ def _umask() -> int:
     return mask
 
 
+_WHY = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file-size limit, ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def write_error_reason(exc: OSError) -> str:
+    """A few lower-case words for a failed write (``no space left on device``)."""
+    why = _WHY.get(exc.errno or -1) or exc.strerror or str(exc) or type(exc).__name__
+    return " ".join(why.split())[:200]
+
+
+def find_os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``exc``: itself, or one it was raised from or while handling
+    (PyTorch's zip writer turns a failed ``write`` into a ``RuntimeError``)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _RecordingFile:
+    """A file object that remembers the first ``OSError`` of its ``write``: writers that
+    wrap it (PyTorch's zip writer) may report only ``file write failed``."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder,
     flush, fsync, rename over ``path``. On any failure the old ``path`` is untouched and
-    the temporary file removed. The file gets the mode ``open()`` would give it (0666 less
-    the user's umask), so collaborators can read what the umask lets them read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    the temporary file removed; a failure to write (a full disk, a quota, the file-size
+    limit, permissions, an I/O error, also when a writer such as ``torch.save`` wraps it in
+    another exception) raises :class:`~spap.errors.CheckpointError`
+    ``could not write <path>: <reason>``. The file gets the mode ``open()`` would give it
+    (0666 less the user's umask), so collaborators can read what the umask lets them read."""
+    path = Path(path)
+    tmp: Path | None = None
+    recorder: _RecordingFile | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            recorder = _RecordingFile(fh)
+            write(recorder)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            why = (
-                "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        cause = (recorder.error if recorder is not None else None) or find_os_error(exc)
+        if cause is None or isinstance(exc, KeyboardInterrupt):
+            raise
+        raise CheckpointError(f"could not write {path}: {write_error_reason(cause)}") from exc
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray)
+_TORCH_LEAVES = (torch.dtype, torch.device, torch.layout, torch.memory_format)
+#: Integers beyond this many bits have no ``repr`` (Python's 4300-digit limit).
+_MAX_INT_BITS = 14_000
+
+
+def check_content(state: Any) -> int:
+    """Refuse content that would make hashing or using it unbounded, before any tensor byte
+    is read; returns the number of tensor bytes :func:`state_digest` will hash.
+
+    Refused (:class:`~spap.errors.CheckpointError`, without a file name): a container or
+    tensor reached twice (a shared or cyclic structure: a few kilobytes of pickle can
+    describe an exponentially large tree or an endless one), nesting deeper than
+    :data:`MAX_DEPTH`, more than :data:`MAX_ITEMS` values, objects other than plain values,
+    containers, tensors, dtypes and devices, tensors without data (meta) or of another
+    layout than strided, tensors whose shape covers more elements than their storage holds
+    (expanded or overlapping views), and more tensor bytes than 4 x the distinct storages
+    hold + 64 MiB. Tuples of plain values may be shared (PyTorch's pickler shares equal
+    ones). The walk uses no recursion and touches tensor metadata only.
+    """
+    seen: set[int] = set()
+    storages: dict[tuple[str, int], int] = {}
+    items = 0
+    tensor_bytes = 0
+    stack: list[tuple[Any, int]] = [(state, 0)]
+    while stack:
+        v, depth = stack.pop()
+        items += 1
+        if items > MAX_ITEMS:
+            raise CheckpointError(f"unsafe content: more than {MAX_ITEMS} values")
+        if isinstance(v, _SCALARS):
+            if isinstance(v, int) and v.bit_length() > _MAX_INT_BITS:
+                raise CheckpointError(f"unsafe content: an integer of {v.bit_length()} bits")
+            continue
+        if isinstance(v, _TORCH_LEAVES):
+            continue
+        if isinstance(v, torch.Tensor):
+            if id(v) in seen:
+                raise CheckpointError("unsafe content: a tensor reached twice")
+            seen.add(id(v))
+            if v.layout != torch.strided or v.device.type == "meta":
+                raise CheckpointError(
+                    f"unsafe content: a {v.layout} tensor on {v.device.type} (only dense "
+                    "tensors with data are accepted)"
+                )
+            storage = v.untyped_storage()
+            size = storage.nbytes()
+            need = v.numel() * v.element_size()
+            if need > size:
+                raise CheckpointError(
+                    f"unsafe content: a tensor of shape {tuple(v.shape)[:8]} views a storage "
+                    f"of {size} bytes (an expanded or overlapping view)"
+                )
+            storages[(v.device.type, storage.data_ptr())] = size
+            tensor_bytes += need
+            continue
+        is_map = isinstance(v, Mapping)
+        if not (is_map or isinstance(v, (list, tuple, set, frozenset))):
+            raise CheckpointError(f"unsafe content: an object of type {type(v).__name__}")
+        if depth >= MAX_DEPTH:
+            raise CheckpointError(f"unsafe content: nested deeper than {MAX_DEPTH} levels")
+        children = [x for kv in v.items() for x in kv] if is_map else list(v)
+        if id(v) in seen:
+            plain = isinstance(v, (tuple, frozenset)) and all(
+                isinstance(x, _SCALARS) for x in children
             )
-            raise CheckpointError(
-                f"could not write {path}: {why}; the previous checkpoint is intact"
-            ) from exc
-        raise
+            if not plain:
+                raise CheckpointError(
+                    f"unsafe content: a {type(v).__name__} reached twice (a shared or cyclic "
+                    "structure, which spap never writes)"
+                )
+        seen.add(id(v))
+        if isinstance(v, (set, frozenset)) and not all(isinstance(x, _SCALARS) for x in children):
+            raise CheckpointError("unsafe content: a set of other than plain values")
+        stack.extend((x, depth + 1) for x in children)
+    budget = 4 * sum(storages.values()) + (64 << 20)
+    if tensor_bytes > budget:
+        raise CheckpointError(
+            f"unsafe content: {tensor_bytes} tensor bytes over {len(storages)} storages"
+        )
+    return tensor_bytes
 
 
 def state_digest(state: Mapping[str, Any]) -> str:
     """``"sha256:<hex>"`` of a checkpoint's content: every key, plain value and tensor
-    (dtype, shape, bytes), in order. ``"checksum"`` and ``"path"`` keys are left out."""
+    (dtype, shape, bytes), in order. ``"checksum"`` and ``"path"`` keys are left out.
+    The content is checked first (:func:`check_content`: unsafe content raises
+    :class:`~spap.errors.CheckpointError`), so hashing is bounded in time and memory."""
+    content = {k: v for k, v in state.items() if k not in ("checksum", "path")}
+    check_content(content)
     h = hashlib.sha256()
 
     def walk(v: Any) -> None:
@@ -122,11 +276,40 @@ def state_digest(state: Mapping[str, Any]) -> str:
                 walk(x)
         elif v is None or isinstance(v, (bool, int, float, str, bytes)):
             h.update(repr((type(v).__name__, v)).encode() + b";")
-        else:  # anything else weights_only can hold (dtype, device ...): its repr
+        else:  # anything else check_content accepts (dtype, device ...): its repr
             h.update(repr(v).encode() + b";")
 
-    walk({k: v for k, v in state.items() if k not in ("checksum", "path")})
+    walk(content)
     return "sha256:" + h.hexdigest()
+
+
+def check_archive(path: str | Path) -> None:
+    """Refuse a zip archive (the format of ``torch.save``) whose records are compressed or
+    declare more bytes than the file holds, before PyTorch allocates them: a small crafted
+    file could otherwise make the reader allocate gigabytes. Other files pass (the loader
+    decides)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
+        return  # unreadable as a zip: torch.load reports it
+    declared = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: refused to load: record {info.filename[:80]!r} is compressed "
+                "(torch.save writes none; a compressed record can expand without bound)"
+            )
+        declared += info.file_size
+    if declared > size:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint (its records declare {declared} bytes, "
+            f"the file holds {size})"
+        )
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -148,20 +331,105 @@ def _read_pointer(folder: Path) -> str | None:
     return name if _STEP_RE.match(name) else None
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete ``.step_*.tmp`` / ``.latest.*.tmp`` files left by a process killed while
-    writing (SIGKILL, power loss). Returns how many were removed."""
+def remove_stale_temporaries(
+    folder: str | Path, prefixes: tuple[str, ...] = (".step_", ".latest.")
+) -> int:
+    """Delete the temporary files (``.step_*.tmp``, ``.latest.*.tmp``, or other
+    ``prefixes``) left in ``folder`` by a process killed while writing (SIGKILL, power
+    loss). Only call it while holding the folder's :class:`RunLock`: a live writer's
+    temporary file looks the same. Returns how many were removed."""
     folder = Path(folder)
     removed = 0
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
-            if p.name.startswith((".step_", ".latest.")):
+            if p.name.startswith(prefixes):
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed += 1
     if removed:
-        log.info("removed %d unfinished checkpoint files from %s", removed, folder)
+        log.info("removed %d unfinished files from %s", removed, folder)
     return removed
+
+
+class RunLock:
+    """The exclusive lock of a run folder: ``fcntl.flock`` on ``RUN/.lock``, which holds the
+    holder's pid. The operating system releases it when the process ends in any way
+    (SIGKILL included), so a stale lock file never blocks; the file itself stays.
+
+    >>> with RunLock("runs/x"):   # refused in one line while another process holds it
+    ...     train()
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def _busy(self, fd: int) -> SpapError:
+        with contextlib.suppress(OSError, ValueError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            if pid.isdigit():
+                return SpapError(
+                    f"{self.run_dir} is in use by another spap process (pid {pid}); wait for "
+                    "it to end, or choose another --out"
+                )
+        return SpapError(
+            f"{self.run_dir} is in use by another spap process; wait for it to end, or "
+            "choose another --out"
+        )
+
+    def check(self) -> None:
+        """Refuse now if another process holds the lock (takes nothing; the folder may not
+        exist yet)."""
+        if fcntl is None or not self.path.is_file():
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise self._busy(fd) from None
+        finally:
+            os.close(fd)  # closing also drops the shared lock just taken
+
+    def acquire(self) -> RunLock:
+        """Take the lock (creating the folder and the lock file) or refuse in one line
+        naming the holder's pid."""
+        if fcntl is None or self.fd is not None:
+            return self
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise SpapError(
+                f"cannot lock the run folder {self.run_dir}: {write_error_reason(exc)}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            err = self._busy(fd)
+            os.close(fd)
+            raise err from None
+        with contextlib.suppress(OSError):  # the pid is for messages only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class CheckpointManager:
@@ -174,17 +442,47 @@ class CheckpointManager:
         remove_stale_temporaries(self.folder)
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
-        path = save_checkpoint(state, self.folder / f"step_{step:07d}.pt")
-        atomic_write_bytes(self.folder / "latest", lambda fh: fh.write(path.name.encode()))
+        """Write the checkpoint of ``step``, then point ``latest`` at it; a failed write
+        raises :class:`~spap.errors.CheckpointError` (``could not write <file>: <reason>;
+        the previous checkpoint is intact``)."""
+        had = bool(list_checkpoints(self.folder.parent))
+        try:
+            path = save_checkpoint(state, self.folder / f"step_{step:07d}.pt")
+            atomic_write_bytes(self.folder / "latest", lambda fh: fh.write(path.name.encode()))
+        except CheckpointError as exc:
+            if not (had and str(exc).startswith("could not write")):
+                raise
+            raise CheckpointError(f"{exc}; the previous checkpoint is intact") from exc
         for old in list_checkpoints(self.folder.parent)[: -self.keep_last]:
             with contextlib.suppress(OSError):
                 old.unlink()
         return path
 
 
+def resolve_best(run_dir: str | Path) -> Path:
+    """The file ``RUN_DIR/checkpoints/best`` points at (see :mod:`spap.train.evaluation`)."""
+    folder = checkpoint_dir(run_dir)
+    try:
+        name = (folder / "best").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"{run_dir} has no best checkpoint ({folder}/best is missing: the run was not "
+            "evaluated; set run.eval_every)"
+        ) from None
+    if not re.match(r"^best_step_\d+\.pt$", name) or not (folder / name).is_file():
+        raise CheckpointError(f"{folder}/best points at {name!r}, which is not there")
+    return folder / name
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run folder's (or checkpoints folder's) latest one."""
+    """A checkpoint file as given, or a run folder's (or checkpoints folder's) latest one;
+    ``RUN:best`` (or the ``best`` pointer file) is the run's best checkpoint."""
+    text = str(path)
+    if text.endswith(":best") and not Path(text).exists():
+        return resolve_best(text[: -len(":best")] or ".")
     p = Path(path)
+    if p.is_file() and p.name == "best" and p.parent.name == "checkpoints":
+        return resolve_best(p.parent.parent)
     if p.is_file() and p.name == "latest" and p.parent.name == "checkpoints":
         p = p.parent  # the pointer file itself: follow it
     if p.is_file():
@@ -243,6 +541,7 @@ def load_checkpoint(
     "gan") checks that the checkpoint is of the expected task.
     """
     file = resolve_checkpoint(path)
+    check_archive(file)
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -286,7 +585,11 @@ def load_checkpoint(
             f"{file}: corrupt checkpoint (no checksum: the file was damaged or modified after "
             "it was written)"
         )
-    if checksum != state_digest(state):
+    try:
+        digest = state_digest(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{file}: refused to load: {exc}") from None
+    if checksum != digest:
         raise CheckpointError(
             f"{file}: corrupt checkpoint (checksum mismatch: the file was damaged or modified "
             "after it was written)"
@@ -299,12 +602,44 @@ def load_checkpoint(
             f"{file}: written by a newer spap (format version {version}); upgrade spap"
         )
     state = migrate(state, source=str(file))
+    _check_sections(state, file)
     if kind is not None and state.get("kind") != kind:
         raise CheckpointError(
-            f"{file} is a {state.get('kind')!r} checkpoint, but a {kind!r} checkpoint is needed"
+            f"{file} is a {_short(state.get('kind'))} checkpoint, but a {kind!r} checkpoint is "
+            "needed"
         )
     state["path"] = str(file)
     return state
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for messages about stored values)."""
+    text = repr(value) if isinstance(value, _SCALARS) else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_sections(state: dict[str, Any], file: Path) -> None:
+    """One-line errors for a checkpoint whose sections have the wrong types (an authentic
+    checksum does not make the content usable: the file may come from a faulty writer)."""
+    problems = []
+    kind = state.get("kind")
+    if not isinstance(kind, str):
+        problems.append(f"kind {_short(kind)}")
+    for key in ("config", "task", "runner"):
+        if key in state and not isinstance(state[key], Mapping):
+            problems.append(f"{key} is {_short(state[key])}, not a mapping")
+    for key in ("step", "epoch", "position"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"{key} {_short(value)}")
+    task = state.get("task")
+    models = task.get("models") if isinstance(task, Mapping) else None
+    if models is not None and not (
+        isinstance(models, Mapping) and all(isinstance(m, Mapping) for m in models.values())
+    ):
+        problems.append("task.models is not a mapping of state dicts")
+    if problems:
+        raise CheckpointError(f"{file}: malformed checkpoint ({'; '.join(problems[:3])})")
 
 
 def load_for_resume(run_dir: str | Path, kind: str | None = None) -> dict[str, Any] | None:

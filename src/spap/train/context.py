@@ -7,12 +7,21 @@ several losses (micro-batches), ``ctx.backward(loss, name)`` as often as needed 
 non-finite loss or gradient stops the run (``run.nan_policy=stop``,
 :class:`~spap.errors.NonFiniteLossError` naming the loss and the step) or skips that
 update (``skip``, counted in :attr:`RunContext.skipped_updates`).
+
+With :attr:`RunContext.defer_checks` (the training loop sets it) the checks read nothing
+back from the device: every update computes a found-non-finite flag on the device and the
+optimizer skips the update there when it is set (the fused optimizers' ``found_inf``
+support, the one ``GradScaler`` uses; other optimizers read the flag, one host read per
+update); :meth:`RunContext.flush` (called by the loop when it logs) reads the flags of all
+updates since the last call at once, then stops the run or counts and reports the skipped
+updates, naming their steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -25,7 +34,7 @@ from spap.config import RunConfig
 from spap.errors import ConfigError, NonFiniteLossError
 from spap.train import distributed as D
 
-__all__ = ["RunContext", "all_finite"]
+__all__ = ["RunContext", "all_finite", "non_finite"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,22 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def non_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Whether any element of any tensor is NaN or Inf, as a 0-d bool tensor on ``device``
+    (nothing is read back to the host).
+
+    One float64 sum per tensor, then one sum of those: NaN and Inf propagate through sums,
+    and float64 cannot overflow on sums of float32 (or narrower) values, so the result is
+    exact. (MPS has no float64: float32 sums there, where an overflowing sum of finite
+    values reads as non-finite.)"""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    dtype = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+    total = torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
+    return ~torch.isfinite(total)
+
+
 class RunContext:
     """What a task needs from the run: device, precision, distributed helpers, updates.
 
@@ -53,7 +78,12 @@ class RunContext:
     ``rank``, ``world_size``, ``is_main``, ``amp_dtype``, ``resuming`` (the task's state is
     loaded from a checkpoint right after it is built: skip one-off initialisation such as
     loading pretrained weights), ``iteration`` (the index of the running iteration, set by
-    the loop) and ``skipped_updates``.
+    the loop) and ``skipped_updates`` (with ``defer_checks``: as of the last :meth:`flush`).
+
+    ``defer_checks`` (False by default; the loop sets it): decide about non-finite losses
+    and gradients on the device and report them at :meth:`flush` instead of reading them
+    back at every update (see the module doc). Under fp16 the gradient scaler reads its
+    found-inf flag back anyway: there the checks stay immediate.
     """
 
     def __init__(self, run: RunConfig, device: torch.device, info: D.DistInfo) -> None:
@@ -65,6 +95,12 @@ class RunContext:
         self.iteration = 0
         self.skipped_updates = 0
         self.resuming = False
+        self.defer_checks = False
+        # deferred checks: per update name, the accumulated "loss not finite" flag; per
+        # update since the last flush(), (iteration, name, scalar loss?, [bad loss, bad
+        # gradient, loss value]) on the device
+        self._bad_loss: dict[str, torch.Tensor] = {}
+        self._pending: list[tuple[int, str, bool, torch.Tensor]] = []
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         # per update name, between backward() and step():
         self._refused: dict[str, str] = {}  # why the update is skipped (a non-finite loss)
@@ -152,9 +188,9 @@ class RunContext:
         name: str,
         *,
         max_norm: float | None = None,
-    ) -> bool:
+    ) -> bool | torch.Tensor:
         """One update from one loss: ``zero_grad``, :meth:`backward`, :meth:`step`.
-        Returns whether the update was applied."""
+        Returns whether the update was applied (see :meth:`step`)."""
         optimizer.zero_grad(set_to_none=True)
         self.backward(loss, name)
         return self.step(optimizer, name, max_norm=max_norm)
@@ -167,7 +203,16 @@ class RunContext:
         accumulate, so use losses whose sum is the loss of the whole batch (sum-reduced, or
         each mean divided by the number of micro-batches). A non-finite loss raises
         :class:`~spap.errors.NonFiniteLossError` (``run.nan_policy=stop``) or makes the
-        coming :meth:`step` skip the update (``skip``); it is never back-propagated."""
+        coming :meth:`step` skip the update (``skip``); it is never back-propagated.
+        With ``defer_checks`` it is back-propagated and the coming :meth:`step` skips the
+        update on the device; :meth:`flush` reports it."""
+        if self._deferred(name):
+            bad = ~torch.isfinite(loss.detach()).all()
+            prev = self._bad_loss.get(name)
+            self._bad_loss[name] = bad if prev is None else prev | bad
+            self._losses[name] = loss.detach()
+            loss.backward()
+            return
         finite = bool(torch.isfinite(loss.detach()).all())
         if D.any_flag(not finite, self.device):  # every rank decides alike
             value = loss.detach().float()
@@ -188,7 +233,7 @@ class RunContext:
 
     def step(
         self, optimizer: torch.optim.Optimizer, name: str, *, max_norm: float | None = None
-    ) -> bool:
+    ) -> bool | torch.Tensor:
         """Apply the gradients :meth:`backward` accumulated for the update ``name``: average
         them across ranks, unscale them (fp16), clip them to the global L2 norm
         ``max_norm`` (``None``: no clipping), check they are finite, step ``optimizer`` and
@@ -198,7 +243,11 @@ class RunContext:
         loss or gradient); a non-finite gradient under ``stop`` raises
         :class:`~spap.errors.NonFiniteLossError`. Under fp16 the gradient scaler skips
         steps whose gradients overflowed (and lowers its scale) instead; that counts as
-        applied."""
+        applied. With ``defer_checks`` nothing is read back: the update is skipped on the
+        device, the return value is a 0-d bool tensor (reading it waits for the device) and
+        :meth:`flush` raises or reports."""
+        if self._deferred(name):
+            return self._deferred_step(optimizer, name, max_norm)
         refused = self._refused.pop(name, None)
         loss = self._losses.pop(name, None)
         if refused is not None:
@@ -228,6 +277,69 @@ class RunContext:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return True
+
+    def _deferred(self, name: str) -> bool:
+        return self.defer_checks and self._scaler(name) is None
+
+    def _deferred_step(
+        self, optimizer: torch.optim.Optimizer, name: str, max_norm: float | None
+    ) -> torch.Tensor:
+        loss = self._losses.pop(name, None)
+        bad_loss = self._bad_loss.pop(name, None)
+        if bad_loss is None:
+            bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        if D.active():  # the loss flag rides along with the gradients: every rank decides alike
+            flag = bad_loss.to(grads[0].dtype if grads else torch.float32).reshape(1)
+            D.all_reduce_mean_([*grads, flag])
+            bad_loss = flag[0] > 0
+        bad_grad = non_finite(grads, self.device)
+        bad = bad_loss | bad_grad
+        if max_norm is not None:
+            nn.utils.clip_grad_norm_(params, max_norm)
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            # fused Adam/AdamW/SGD: the kernel leaves weights and state alone when found_inf
+            # is set (GradScaler's protocol: attributes read by step(), removed after it)
+            optimizer.grad_scale = None
+            optimizer.found_inf = bad.float()
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
+        elif not bool(bad):  # one host read: this optimizer cannot skip on the device
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = (
+            torch.full((), math.nan, device=self.device) if loss is None else loss.float().mean()
+        )
+        scalar = loss is not None and loss.numel() == 1
+        row = torch.stack([bad_loss.float(), bad_grad.float(), value.reshape(())])
+        self._pending.append((self.iteration, name, scalar, row))
+        return ~bad
+
+    def flush(self) -> None:
+        """Read the flags of the updates since the last call (one host read) and act on
+        them as ``run.nan_policy`` says: raise :class:`~spap.errors.NonFiniteLossError`
+        naming the first non-finite loss or gradient and its step (``stop``), or log each
+        skipped update with its step and count it in :attr:`skipped_updates` (``skip``).
+        Every rank must call it at the same iterations. A no-op without ``defer_checks``."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = torch.stack([row for *_, row in pending]).tolist()
+        for (iteration, name, scalar, _), (bad_loss, bad_grad, value) in zip(pending, rows):
+            if not (bad_loss or bad_grad):
+                continue
+            if bad_loss:
+                msg = f"loss {name} is {value if scalar else 'not finite'} at step {iteration}"
+            else:
+                loss = "" if math.isnan(value) and not scalar else f" (loss {value:.6g})"
+                msg = f"gradient of loss {name} is not finite at step {iteration}{loss}"
+            if self.run.nan_policy == "stop":
+                raise NonFiniteLossError(msg + " (set run.nan_policy=skip to skip such updates)")
+            log.warning("%s: update skipped", msg)
+            self.skipped_updates += 1
 
     def _skip(self, msg: str, optimizer: torch.optim.Optimizer) -> bool:
         log.warning("%s: update skipped", msg)

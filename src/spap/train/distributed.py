@@ -99,6 +99,37 @@ def any_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+class LaggedFlag:
+    """:func:`any_flag` without waiting for the other ranks: :meth:`poll` starts a
+    non-blocking all-reduce of this iteration's flag and returns the result of the previous
+    call's, which has arrived by then (False at the first call). Every rank sees the same
+    sequence of results. ``poll(flag, now=True)`` decides at once (a blocking all-reduce
+    that includes the pending flag): use it on iterations that synchronise anyway. One
+    process: ``poll`` returns ``flag``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def _collect(self) -> bool:
+        if self._pending is None:
+            return False
+        work, t = self._pending
+        self._pending = None
+        work.wait()
+        return bool(t.item() > 0)
+
+    def poll(self, flag: bool, *, now: bool = False) -> bool:
+        if not active():
+            return flag
+        previous = self._collect()
+        if now:
+            return any_flag(flag or previous, self.device)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self._pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True), t)
+        return previous
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

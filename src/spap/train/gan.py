@@ -62,9 +62,23 @@ class GANTask(Task):
             return 1.0
         return max(0.0, 1.0 - step / self.cfg.train.iterations)
 
+    def scalars(self) -> dict[str, float]:
+        """``lr/G``, ``lr/D``: the learning rates the next iteration uses."""
+        return {
+            f"lr/{k}": float(s.optimizer.param_groups[0]["lr"]) for k, s in self.schedulers.items()
+        }
+
     def build_dataset(self) -> torch.utils.data.Dataset:
         dc = self.cfg.data
-        return build_dataset("folder", dc.root, size=dc.size, flip=dc.flip, seed=self.cfg.run.seed)
+        return build_dataset(
+            "folder",
+            dc.root,
+            size=dc.size,
+            flip=dc.flip,
+            seed=self.cfg.run.seed,
+            channels=3,
+            value_range=dc.value_range,
+        )
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.cfg.train.iterations
@@ -74,7 +88,7 @@ class GANTask(Task):
         seed = derive_seed(self.cfg.run.seed, self.ctx.rank, step, _NOISE_KEY)
         return torch.Generator().manual_seed(seed)
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         ctx, tc = self.ctx, self.cfg.train
         bs, z_dim = tc.batch_size, self.cfg.model.z_dim
         real = ctx.to_device(batch["image"])
@@ -87,7 +101,7 @@ class GANTask(Task):
         self.D.train()
 
         self.D.requires_grad_(True)
-        loss_d_total = 0.0
+        loss_d_total = torch.zeros((), device=ctx.device)
         for chunk in real.split(bs):
             z = torch.randn(bs, z_dim, generator=noise).to(ctx.device)
             with torch.no_grad(), ctx.autocast():
@@ -97,7 +111,7 @@ class GANTask(Task):
             real_logits, fake_logits = logits.float().split(bs)
             loss_d = d_loss(tc.loss, real_logits, fake_logits)
             ctx.optimize(loss_d, self.opt_d, "loss_D", max_norm=tc.clip_grad_norm)
-            loss_d_total += float(loss_d.detach())
+            loss_d_total += loss_d.detach()
 
         self.D.requires_grad_(False)
         z = torch.randn(bs, z_dim, generator=noise).to(ctx.device)
@@ -111,11 +125,11 @@ class GANTask(Task):
         for sched in self.schedulers.values():
             sched.step()
         self._last_real = real[: tc.num_fixed].detach()
-        return {
+        return {  # on the device: the loop reads them when it logs
             "loss_D": loss_d_total / tc.n_dis,
-            "loss_G": float(loss_g.detach()),
-            "D_real": float(real_logits.detach().mean()),
-            "D_fake": float(fake_logits.detach().mean()),
+            "loss_G": loss_g.detach(),
+            "D_real": real_logits.detach().mean(),
+            "D_fake": fake_logits.detach().mean(),
         }
 
     # -- state
@@ -141,6 +155,19 @@ class GANTask(Task):
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         self.fixed_z = state["fixed_z"].cpu()
+
+    # -- attention health (spap.train.health)
+    d_loss_keys = ("loss_D",)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.G, "D": self.D, "G_ema": self.ema.module}
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, Any]:
+        """The EMA generator on the fixed noise."""
+        with record_attention(self.ema.module) as maps:
+            self.ema.module(self.fixed_z.to(self.ctx.device))
+        return {"maps": {"G_ema": maps}}
 
     # -- pictures
     @torch.no_grad()

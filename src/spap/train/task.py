@@ -50,6 +50,14 @@ class Task(abc.ABC):
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called after every complete epoch (learning-rate schedules)."""
 
+    def scalars(self) -> dict[str, float]:
+        """Values the next iteration uses, by TensorBoard tag (``lr/<optimizer>``: each
+        optimizer's learning rate). The loop records them before the first iteration of the
+        run and of every epoch and before each iteration whose losses it logs
+        (``run.log_every``), at that iteration's step; at epoch starts it also logs the ones
+        that changed."""
+        return {}
+
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume from; ``"models"`` maps each network's name to its
@@ -61,4 +69,17 @@ class Task(abc.ABC):
 
     def visuals(self) -> dict[str, torch.Tensor]:
         """Rows of the sample grid, images in [-1, 1]."""
+        return {}
+
+    #: Loss names of the discriminators (the health check's "discriminator wins" window).
+    d_loss_keys: ClassVar[tuple[str, ...]] = ()
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Every network by name (attention health: each unit's ``gamma``)."""
+        return {}
+
+    def probe(self) -> dict[str, Any]:
+        """One no-grad look at the generators on recent inputs, for attention health
+        (:mod:`spap.train.health`): ``{"maps": {network: record_attention dict},
+        "pairs": {direction: (input, output)}}`` (images in [-1, 1]); ``{}``: none."""
         return {}
