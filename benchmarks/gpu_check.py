@@ -224,6 +224,7 @@ class Row:
     build_s: float = 0.0
     error: str | None = None
     nonfinite: int = 0
+    returned: bool = True  # the step returns its losses
     times: list[float] = dataclasses.field(default_factory=list)
 
     @property
@@ -326,6 +327,8 @@ def reset_peak(device: torch.device) -> None:
 def warm(row: Row, st: Stepper, base: int, first: bool) -> None:
     """Two untimed steps (compiling, autotuning); the first one's losses and the peak."""
     out = st()
+    row.returned = bool(out)
+    row.nonfinite += not all(math.isfinite(v) for v in out.values())
     if first:
         row.first = out
     st()
@@ -408,6 +411,8 @@ class CycleGANCheck:
                 for row in rows:
                     st = Stepper(task.train_step, self.data[row.batch], dev)
                     warm(row, st, base, row.batch == spec.batches[0])
+                if compiled and getattr(task.ctx, "_compile_failed", False):
+                    raise RuntimeError("torch.compile failed and the run fell back to eager")
                 if setting == "fp32" and not compiled:  # FLOPs of one iteration (eager)
                     flops = C.count_flops(rows[0].step)
                     self.cost[label] = (flops / 1e9, params / 1e6)
@@ -594,7 +599,7 @@ def loss_cell(r: Row) -> str:
     finite = r.nonfinite == 0 and all(math.isfinite(v) for v in r.first.values())
     if not finite:
         return "NOT FINITE (MISS)"
-    if not r.first:
+    if not r.returned:
         return "(no losses returned)"
     if g is None:
         return "finite"
@@ -664,7 +669,11 @@ def report(spec: Spec, cyc: CycleGANCheck, gan: GANCheck, ddp: DistributedCheck)
     spap_b1 = [
         r
         for r in cyc.rows
-        if r.table == "cyclegan" and r.name != "reference iteration" and r.batch == b1 and r.ips
+        if r.table == "cyclegan"
+        and r.name != "reference iteration"
+        and r.batch == b1
+        and r.ips
+        and "MISS" not in loss_cell(r)  # settings whose losses are right
     ]
     ref1 = refs.get(b1)
     if spap_b1 and ref1 is not None and ref1.ips:
@@ -831,11 +840,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     spec = dry_spec(args) if args.dry_run else gpu_spec(args)
+    if spec.device.type == "cuda":  # spap's default (run.cudnn_benchmark), for every variant
+        torch.backends.cudnn.benchmark = True
     if args.dry_run:
         torch.set_num_threads(1)  # tiny tensors: one thread is fastest
     print(machine(spec))
     print(
-        f"{spec.repeats} timed steps per variant (interleaved, medians), time budget {spec.budget:.0f} s"
+        f"{spec.repeats} timed steps per variant (interleaved, medians), time budget "
+        f"{spec.budget:.0f} s; cuDNN benchmark mode for every variant (spap's run.cudnn_benchmark)"
     )
 
     cyc = CycleGANCheck(spec)

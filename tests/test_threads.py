@@ -103,6 +103,7 @@ def test_default_threads_environment(tmp_path: Path) -> None:
     assert default_threads({"LOCAL_WORLD_SIZE": "8"}, **cpus) == 1
 
 
+@pytest.mark.slow
 def test_affinity_respected_in_a_child_process() -> None:
     """A real process pinned to one core gets one thread by default, whatever the host has."""
     code = (
@@ -195,6 +196,7 @@ TINY_GAN = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before", [True, False])
 def test_threads_flag_reaches_the_training_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: bool
@@ -222,6 +224,7 @@ def test_threads_flag_reaches_the_training_steps(
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.slow
 def test_run_threads_key_applies_without_the_flag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -330,10 +330,18 @@ def test_cyclegan_zip_and_known_sources(tmp_path: Path) -> None:
         for side in ("trainA", "trainB", "testA", "testB")
         for i in range(2)
     }
+    members["__MACOSX/horse2zebra/._x"] = b"resource fork"  # some zips carry these
     (tmp_path / "h.zip").write_bytes(_zip(members))
     record = get_dataset("horse2zebra", tmp_path / "d", archive=tmp_path / "h.zip")
-    assert record["layout"] == "unaligned" and record["files"] == 8
+    assert record["layout"] == "unaligned" and record["files"] == 9
     root = tmp_path / "d" / "horse2zebra"
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".spap-dataset.json",
+        "testA",
+        "testB",
+        "trainA",
+        "trainB",
+    ]
     assert build_dataset("auto", root, "train", load_size=16, crop_size=16)[0]["B"].shape == (
         3,
         16,

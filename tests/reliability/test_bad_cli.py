@@ -105,6 +105,15 @@ CASES = [
     ("seg train-unwritable", "seg train --data ALIGNED --out UNWRITABLE --steps 1", ""),
     ("data scenes-unwritable", "data scenes --out UNWRITABLE --n 2 --size 32", "UNWRITABLE"),
     ("demo-unwritable", "demo --out UNWRITABLE --minutes 0.01 --size 32", "UNWRITABLE"),
+    # -- devices that do not exist
+    ("translate-device-foo", "translate --checkpoint CG --input IMG --output OUT --device foo",
+     "unknown device 'foo'"),
+    ("translate-device-meta", "translate --checkpoint CG --input IMG --output OUT --device meta",
+     "device 'meta' is not supported"),
+    ("sample-device-meta", "sample --checkpoint GAN --num 1 --output OUT --device meta",
+     "device 'meta' is not supported"),
+    ("sample-device-foo", "sample --checkpoint GAN --num 1 --output OUT --device cuda:x",
+     "unknown device 'cuda:x'"),
 ]  # fmt: skip
 
 

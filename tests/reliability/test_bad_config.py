@@ -45,6 +45,31 @@ CASES = [
     ("cyclegan", ["--size", "16", "model.n_layers_d=1", "model.attention=spap",
                   "model.d_attention_at=[1]", "model.d_attention_options={rates: [-1, 2]}"],
      "model.d_attention_options: rates must be non-negative integers"),
+    # non-finite numbers, for every float option
+    ("cyclegan", ["train.lr=nan"], "train.lr: expected a finite number, got 'nan'"),
+    ("cyclegan", ["train.lr=inf"], "train.lr: expected a finite number, got 'inf'"),
+    ("cyclegan", ["train.lambda_A=.nan"], "train.lambda_A: expected a finite number, got nan"),
+    ("gan", ["train.ema_decay=nan"], "train.ema_decay: expected a finite number"),
+    ("gan", ["train.lr_g=1e999"], "train.lr_g: expected a finite number, got '1e999'"),
+    ("gan", ["train.betas_g=[0.5, .inf]"], "train.betas_g[1]: expected a finite number"),
+    ("cyclegan", ["train.clip_grad_norm=-.inf"], "train.clip_grad_norm: expected a finite"),
+    # impossible sizes: refused, or caught when the networks are allocated
+    ("cyclegan", ["model.ngf=100000000000000000000"], "model.ngf: 100000000000000000000 does "
+     "not fit in 64 bits"),
+    ("cyclegan", ["model.ngf=100000000"], "cannot build the networks: out of memory (tried to "
+     "allocate 58.8 GB); the model is too large for this machine (model.input_nc=3, "
+     "model.output_nc=3, model.ngf=100000000"),
+    ("gan", ["model.z_dim=1000000000"], "cannot build the networks: out of memory"),
+    ("gan", ["model.g_ch=100000000"], "cannot build the networks: out of memory"),
+    ("cyclegan", ["model.n_blocks=100000000"], "model.n_blocks=100000000: at most 1000"),
+    # devices
+    ("gan", ["run.device=foo"], "unknown device 'foo': use auto, cpu, cuda or cuda:N"),
+    ("cyclegan", ["run.device=meta"], "device 'meta' is not supported"),
+    # modes that keep each image's size cannot batch images
+    ("cyclegan", ["data.preprocess=none", "train.batch_size=2"],
+     "train.batch_size=2 with data.preprocess=none: it keeps each image's own size"),
+    ("cyclegan", ["data.preprocess=scale_width", "train.batch_size=4"],
+     "train.batch_size=4 with data.preprocess=scale_width"),
 ]  # fmt: skip
 IDS = [f"{t}:{' '.join(a)[:40]}" for t, a, _ in CASES]
 

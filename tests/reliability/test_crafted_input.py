@@ -203,11 +203,12 @@ def test_yaml_aliases_are_refused(tmp_path: Path, capsys) -> None:
     t = time.perf_counter()
     with pytest.raises(ConfigError, match=r"line 2: YAML aliases \('\*a0'\) are not accepted"):
         read_yaml(cfg)
+    assert time.perf_counter() - t < 1
     out = tmp_path / "run"
     code = cli_main(["train", "gan", "--config", str(cfg), "--out", str(out), "--data", "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(cfg) in err[0] and len(err[0]) < 300, err
-    assert time.perf_counter() - t < 5 and not out.exists()
+    assert not out.exists()
 
 
 def test_yaml_aliases_in_an_override_stay_a_short_string(tmp_path: Path, capsys) -> None:
@@ -225,11 +226,12 @@ def test_yaml_aliases_in_an_override_stay_a_short_string(tmp_path: Path, capsys)
 @pytest.mark.parametrize(
     ("text", "expect"),
     [
-        ("model:\n  x: " + "[" * 1500 + "]" * 1500 + "\n", "nested too deeply to be a config"),
+        ("model:\n  x: " + "[" * 30_000 + "]" * 30_000 + "\n", "nested too deeply to be a config"),
+        ("x: [" + ", ".join(["1"] * 30_000) + "]\n", "too large for"),
         ("train:\n  lr: 1\n" + "# padding\n" * (MAX_CONFIG_BYTES // 10 + 1), "too large for"),
         (None, "not a text (UTF-8) file"),
     ],
-    ids=["deep", "huge", "binary"],
+    ids=["deep", "long_list", "huge", "binary"],
 )
 def test_unusable_yaml_files_are_one_line(tmp_path: Path, text: str | None, expect: str) -> None:
     cfg = tmp_path / "c.yaml"

@@ -150,11 +150,11 @@ class SpapApp:
 
 def build_app(checkpoint: str | os.PathLike, device: str = "auto", title: str | None = None) -> Any:
     """The ``gradio.Blocks`` page of the model in ``checkpoint`` (module doc)."""
+    app = SpapApp(checkpoint, device)  # a bad --checkpoint fails before gradio loads
     try:
         import gradio as gr  # noqa: PLC0415 - optional dependency (spap[app])
     except ImportError:
         raise SpapError("the web demo needs gradio: pip install 'spap[app]'") from None
-    app = SpapApp(checkpoint, device)
     name = title or f"spap: {Path(os.fspath(checkpoint)).name or 'model'}"
 
     def run(fn: Any, *args: Any) -> Any:

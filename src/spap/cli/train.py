@@ -154,7 +154,9 @@ def main(args: argparse.Namespace) -> int:
     _check_writable(out)
     evaluator = _evaluator(cfg, args.task, out)
     try:
-        summary = run(
+        summary = _run_naming_checkpoint(
+            run,
+            state,
             task_cls,
             cfg,
             out,
@@ -169,6 +171,19 @@ def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per rank
         log.info("finished at step %d; checkpoints in %s", summary["step"], summary["checkpoint"])
     return 0
+
+
+def _run_naming_checkpoint(run: Any, state: dict[str, Any] | None, *args: Any, **kwargs: Any):
+    """``run(...)``; a resumed run's config errors (its values come from the checkpoint
+    unless overridden) say which checkpoint is being resumed."""
+    from spap.errors import ConfigError
+
+    try:
+        return run(*args, **kwargs)
+    except ConfigError as exc:
+        if state is None:
+            raise
+        raise ConfigError(f"resuming {state.get('path', 'the checkpoint')}: {exc}") from None
 
 
 def _stored_config(system: Any, state: dict[str, Any]) -> dict[str, Any]:

@@ -358,7 +358,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _junk(name: str) -> bool:
+    """macOS resource-fork folders some zips carry (``__MACOSX/``): never unpacked."""
+    return name.replace("\\", "/").split("/", 1)[0] == "__MACOSX"
+
+
 def _top(names: list[str]) -> str | None:
+    names = [n for n in names if not _junk(n)]
     tops = {PurePosixPath(n.replace("\\", "/")).parts[0] for n in names if n.strip("/")}
     if len(tops) != 1:
         return None
@@ -461,6 +467,8 @@ def unpack(info: ArchiveInfo, target: str | os.PathLike) -> Path:
         if info.kind == "zip":
             with zipfile.ZipFile(info.path) as zf:
                 for m in zf.infolist():
+                    if _junk(m.filename):
+                        continue
                     out = staging / m.filename.replace("\\", "/")
                     if m.is_dir():
                         out.mkdir(parents=True, exist_ok=True)

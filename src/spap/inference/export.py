@@ -160,7 +160,7 @@ def _export_torchscript(g: nn.Module, x: Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices and tracer warnings (checked below)
         traced = torch.jit.trace(g, (x,), check_trace=False)
-    atomic_write_bytes(path, lambda fh: torch.jit.save(traced, fh))
+        atomic_write_bytes(path, lambda fh: torch.jit.save(traced, fh))
 
 
 def _run_torchscript(path: Path, x: Tensor) -> Tensor:

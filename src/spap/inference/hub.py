@@ -60,8 +60,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != PRETRAINED_FORMAT:
         raise CheckpointError(
-            f"{path}: not a model folder written by spap (its format is not "
-            f"{PRETRAINED_FORMAT!r})"
+            f"{path}: not a model folder written by spap (its format is not {PRETRAINED_FORMAT!r})"
         )
     return config
 

@@ -179,7 +179,10 @@ def _from_safetensors(path: str | os.PathLike) -> LoadedGenerators:
     except SpapError:
         raise CheckpointError(f"{name}: unknown model kind {kind!r}") from None
     cfg = model_config(kind, {"model": model}, source=name)
-    info: dict[str, Any] = {"crop_size": int(crop) if crop else None}
+    try:
+        info: dict[str, Any] = {"crop_size": int(crop) if crop else None}
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{name}: export metadata has an unreadable crop_size") from None
     if kind == "gan":
         g = system.build_networks(cfg)["G"]
         _load_state(g, tensors, name, baked=True)
@@ -221,7 +224,9 @@ def _from_pretrained(folder: Path) -> LoadedGenerators:
             try:
                 g = build_generator(cfg, int(spec["input_nc"]), int(spec["output_nc"]))
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{name}: config.json has no channel counts for {key}") from None
+                raise CheckpointError(
+                    f"{name}: config.json has no channel counts for {key}"
+                ) from None
         _load_state(g, state, f"{name} ({key})", baked=True)
         gens[key] = g.eval()
     info = {k: config[k] for k in ("step", "crop_size", "ema", "metrics") if k in config}

@@ -451,8 +451,14 @@ class _Source:
             part = np.ascontiguousarray(self.array[ry][:, rx])
             return to_tensor_image(part, self.value_range).unsqueeze(0).to(self.device)
         t = self.tensor
-        t = t.index_select(2, torch.as_tensor(ry)) if isinstance(ry, np.ndarray) else t[:, :, ry]
-        t = t.index_select(3, torch.as_tensor(rx)) if isinstance(rx, np.ndarray) else t[..., rx]
+        if isinstance(ry, np.ndarray):
+            t = t.index_select(2, torch.as_tensor(ry, device=t.device))
+        else:
+            t = t[:, :, ry]
+        if isinstance(rx, np.ndarray):
+            t = t.index_select(3, torch.as_tensor(rx, device=t.device))
+        else:
+            t = t[..., rx]
         return t.to(self.device, torch.float32)
 
     def downscaled(self, size: int) -> Tensor:

@@ -16,6 +16,7 @@ padded (reflection) to a multiple of 4 and the output is cropped back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -51,6 +52,7 @@ from spap.inference.pretrained import PretrainedResult, save_pretrained
 from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.inference.tiling import translate_tiled, write_array
 from spap.layers import attention_units, record_attention
+from spap.train.checkpoint import write_error_reason
 from spap.viz.attention import attention_maps, overlay
 
 __all__ = ["FolderResult", "Translator", "pad_to_multiple"]
@@ -175,14 +177,16 @@ def _output_names(files: list[Path], root: Path, suffix: str = ".png") -> list[P
     return out
 
 
-#: Longest file name (bytes) most file systems accept.
-_NAME_MAX = 255
+#: Longest output file name (bytes): file systems accept 255, and the atomic writer's
+#: temporary file (``.<name>.<8 random>.tmp``) needs 14 more.
+_NAME_MAX = 255 - 14
 
 
 def _fit_name(p: Path) -> Path:
-    """``p`` with a file name of at most 255 bytes: a longer one (a clash suffix added to
-    an already long name) keeps its suffix and the start of its stem, plus ``~`` and 8 hex
-    digits of the full name's SHA-1, so it stays unique and the same on every run."""
+    """``p`` with a file name of at most :data:`_NAME_MAX` bytes: a longer one (a clash
+    suffix added to an already long name) keeps its suffix and the start of its stem, plus
+    ``~`` and 8 hex digits of the full name's SHA-1, so it stays unique and the same on
+    every run."""
     name = p.name
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) <= _NAME_MAX:
@@ -564,6 +568,7 @@ class Translator:
                     value_range=value_range,
                     bit_depth=bit_depth,
                     device=self.device,
+                    progress=progress and len(files) == 1,  # one big image: a bar of tiles
                     **tiling,
                 )
                 del img
@@ -588,14 +593,17 @@ class Translator:
             bar = tqdm(total=len(files), unit="img", desc=f"translate {direction}")
 
         def save(image: Tensor, path: Path, is_attention: bool) -> None:
-            save_image(image, path, 8 if is_attention else bit_depth)
+            try:
+                save_image(image, path, 8 if is_attention else bit_depth)
+            except OSError as exc:  # a full disk: one line naming the file (none is left half)
+                raise SpapError(f"could not write {path}: {write_error_reason(exc)}") from None
             with lock:
                 if is_attention:
                     result.attention_written += 1
                 else:
                     result.written += 1
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool, _closing(bar):
             for items in loader if num_workers else _prefetched(loader):
                 good = []
                 for it in items:
@@ -627,6 +635,17 @@ class Translator:
         if bar is not None:
             bar.close()
         return result
+
+
+@contextlib.contextmanager
+def _closing(bar: Any) -> Iterator[None]:
+    """Close the progress bar however the block ends (an error then prints on a line of
+    its own, not glued to the bar)."""
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _prefetched(iterable: Any, depth: int = 2) -> Iterator[Any]:

@@ -38,10 +38,10 @@ class ProgressLogger:
         self.bar = None
         self._write_failed = False
         self._redirect = contextlib.ExitStack()
+        self.wandb = None
         if not enabled:
             return
 
-        self.wandb = None
         if run.logger in ("tensorboard", "both"):
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional (spap[train])

@@ -531,7 +531,10 @@ class _SafeLogger:
         return self._call("visuals", *args)
 
     def close(self) -> None:
+        failed = self._failed
         self._call("close")
+        if self._failed and not failed:  # the TensorBoard writer failed: close the rest
+            self._call("close")
 
     def __enter__(self) -> _SafeLogger:
         self._logger.__enter__()
