@@ -326,14 +326,13 @@ def reset_peak(device: torch.device) -> None:
 
 def warm(row: Row, st: Stepper, base: int, first: bool) -> None:
     """Two untimed steps (compiling, autotuning); the first one's losses and the peak."""
+    st.row = row  # non-finite losses of every step are counted from here on
     out = st()
     row.returned = bool(out)
-    row.nonfinite += not all(math.isfinite(v) for v in out.values())
     if first:
         row.first = out
     st()
     row.step, row.peak = st, peak_mib(st.device, base)
-    st.row = row
     reset_peak(st.device)
 
 
