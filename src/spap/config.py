@@ -438,8 +438,7 @@ def _check_depth(text: str, source: str) -> None:
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
                     raise ConfigError(
-                        f"{source}: nested too deeply to be a config (over {MAX_YAML_DEPTH} "
-                        "levels)"
+                        f"{source}: nested too deeply to be a config (> {MAX_YAML_DEPTH} levels)"
                     )
             elif isinstance(token, _CLOSE):
                 depth -= 1

@@ -53,6 +53,11 @@ def test_signal_saves_a_checkpoint_at_the_next_step_and_exits(
     assert state["step"] == step >= 4  # the signal came after the first checkpoint (step 4)
     assert "Traceback" not in err and "DataLoader worker" not in err, err[-3000:]
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    # log records written while the progress bar is up go on lines of their own (the bar
+    # is erased, the record printed, the bar redrawn), never glued onto the bar
+    pieces = re.split(r"[\r\n]", err)
+    assert any(p.startswith(f"WARNING: received {name}") for p in pieces), err[-2000:]
+    assert not [p for p in pieces if "it/s" in p and "WARNING" in p], err[-2000:]
 
     # ... and the run continues from there (in this process).
     monkeypatch.setitem(registry.TASKS, "gan", "toytask:CliToyTask")
