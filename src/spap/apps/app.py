@@ -254,7 +254,7 @@ from spap.apps.app import build_app  # noqa: E402
 build_app(os.path.join(HERE, "model"), device="auto", title={title!r}).launch()
 '''
 
-#: Distributions the Space needs (pinned to the versions installed here), gradio excepted:
+#: Distributions the Space needs (pinned to the installed versions), gradio excepted:
 #: the Space's ``sdk_version`` installs it.
 _SPACE_REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "pyyaml", "tqdm", "safetensors")
 

@@ -6,7 +6,8 @@ memory, equal to translating it whole.
 
 Why tiles of a CycleGAN show seams: its instance norms normalise each image by its own
 statistics, so a tile translated on its own is normalised by the tile's statistics, and its
-brightness and contrast jump at the tile borders. Here the statistics cover the whole image:
+brightness and contrast jump at the tile borders. In this module the statistics cover the whole
+image:
 
 1. **Statistics** (``stats="exact"``, the default): one pass over all tiles per
    normalisation layer, in the order the generator runs them. Pass ``k`` runs each tile up to
