@@ -277,6 +277,7 @@ def test_real_full_filesystem_at_every_size(
     assert any(k.startswith("stopped, resumable") for k in kinds)
 
 
+@pytest.mark.slow  # a subprocess: ~5 s of CPU
 def test_file_size_limit(tmp_path: Path) -> None:
     """A real file-size limit (`ulimit -f`, no root needed): the checkpoint is larger than
     the limit; the write fails with EFBIG (spap ignores SIGXFSZ, which would kill the
