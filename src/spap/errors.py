@@ -24,6 +24,11 @@ class CheckpointError(SpapError):
     """A checkpoint that cannot be read (missing, truncated, untrusted, wrong kind)."""
 
 
+class WriteError(SpapError):
+    """A file could not be written (full disk, quota, file-size limit, permissions); the
+    message names the file and the reason, and nothing half-written is left under its name."""
+
+
 class NonFiniteLossError(SpapError):
     """A loss, a gradient or the weights became NaN or Inf during training."""
 

@@ -36,7 +36,7 @@ from spap.data.transforms import (
     to_tensor_image,
     value_bounds,
 )
-from spap.errors import ConfigError
+from spap.errors import ConfigError, WriteError
 
 
 def _levels_image(mode: str) -> Image.Image:
@@ -350,12 +350,16 @@ def test_save_image_never_leaves_a_truncated_file(tmp_path: Path) -> None:
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
     try:
-        with pytest.raises(OSError) as info:
+        with pytest.raises(WriteError) as info:
             save_image(noise, target)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
-    assert info.value.errno == errno.EFBIG
+    assert (
+        str(info.value)
+        == f"could not write {target}: file too large (the file-size limit, ulimit -f)"
+    )
+    assert info.value.__cause__.errno == errno.EFBIG
     assert target.read_bytes() == before  # the earlier image is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temporary left
     save_image(noise, target)  # and with room it is written whole

@@ -90,6 +90,24 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert read_image(tmp_path / "rot.jpg").size == (4, 8)
 
 
+def test_upright_images_are_not_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image without an orientation tag (or tagged 1) is handed out as decoded: no copy
+    of its pixels (an 8192x8192 photo would need another 200 MB), and it stays usable after
+    its file is closed."""
+    arr = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "plain.png")
+    tagged = Image.Exif()
+    tagged[0x0112] = 1
+    Image.fromarray(arr).save(tmp_path / "tagged.png", exif=tagged)
+    copies = []
+    real = Image.Image.copy
+    monkeypatch.setattr(Image.Image, "copy", lambda self: copies.append(1) or real(self))
+    for name in ("plain.png", "tagged.png"):
+        out = read_image(tmp_path / name)
+        assert np.array_equal(np.asarray(out), arr) and np.array_equal(np.asarray(out), arr)
+    assert copies == []
+
+
 @pytest.mark.parametrize("name", ["g_trunc.jpg", "h_trunc.png", "j_text.png"])
 def test_undecodable_files_raise(bad_folder, name: str) -> None:
     with pytest.raises(UnreadableImage, match=name) as info:

@@ -7,7 +7,7 @@ import torch
 
 from spap.data.labels import get_label_space
 from spap.data.pairs import AlignedPairs
-from spap.errors import CheckpointError, SpapError
+from spap.errors import CheckpointError, SpapError, WriteError
 from spap.eval.fcn import evaluate_segnet
 from spap.models.segnet import SmallSegNet, build_segnet, load_segnet, predict_ids
 from spap.train.segnet import save_segnet, train_segnet
@@ -143,7 +143,7 @@ def test_save_is_atomic_and_follows_the_umask(tmp_path, monkeypatch) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(CheckpointError, match="no space left"):
+    with pytest.raises(WriteError, match="no space left"):
         save_segnet(path, SmallSegNet(num_classes=3, width=8), {"arch": "small"})
     assert path.read_bytes() == before  # the old file is intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["segnet.pt"]  # no half file

@@ -221,3 +221,38 @@ def test_malicious_statistics_files_are_refused(
     for real in (stats_pt, stats_npz):
         code = main(["eval", "fid", "--real", str(real), "--fake", str(b), *weights])
         _refused(capsys, code, marker, str(real))
+
+
+def test_crafted_cache_entries_fail_fast_naming_the_entry(tmp_path) -> None:
+    """Content that would make the checksum walk unbounded (deep nesting, a view larger
+    than its storage) and an archive whose records claim more bytes than the file holds are
+    refused in one line naming the entry, within a second and without allocating."""
+    import time
+    import zipfile
+
+    cache = FidelityCache(tmp_path)
+    p = cache.path("n", "features", "64")
+    nested: list = []
+    for _ in range(200):
+        nested = [nested]
+    base = {"format": "spap-fidelity-cache", "version": 1, "kind": "features",
+            "identity": "who", "layer": "64", "checksum": "sha256:0"}  # fmt: skip
+    oversized = torch.zeros(4).as_strided((1 << 20, 1 << 20), (0, 0))  # one storage, 2^40 view
+    for tensors in ({"features": nested}, {"features": oversized}):
+        torch.save({**base, "tensors": tensors}, p)
+        start = time.perf_counter()
+        with pytest.raises(DataError) as exc:
+            cache.load("n", "who", "features", "64")
+        assert time.perf_counter() - start < 1.0
+        assert str(exc.value).startswith(f"refused the cache entry {p}: "), exc.value
+        assert "\n" not in str(exc.value)
+    torch.save({**base, "tensors": {"features": torch.zeros(4, 3)}}, p)
+    with zipfile.ZipFile(p) as zf:  # the same entry, its data record declared 4 GiB long
+        infos = zf.infolist()
+    raw = bytearray(p.read_bytes())
+    big = next(i for i in infos if i.filename.endswith("/data/0"))
+    off = raw.rfind(big.filename.encode())  # the central-directory record of that file
+    raw[off - 46 + 24 : off - 46 + 28] = ((1 << 32) - 1).to_bytes(4, "little")
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"refused the cache entry {p}: .*declare"):
+        cache.load("n", "who", "features", "64")

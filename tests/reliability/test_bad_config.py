@@ -61,7 +61,7 @@ CASES = [
      "model.output_nc=3, model.ngf=100000000"),
     ("gan", ["model.z_dim=1000000000"], "cannot build the networks: out of memory"),
     ("gan", ["model.g_ch=100000000"], "cannot build the networks: out of memory"),
-    ("cyclegan", ["model.n_blocks=100000000"], "model.n_blocks=100000000: at most 1000"),
+    ("cyclegan", ["model.n_blocks=100000000"], "model.n_blocks: 100000000 is above the maximum 1000"),
     # devices
     ("gan", ["run.device=foo"], "unknown device 'foo': use auto, cpu, cuda or cuda:N"),
     ("cyclegan", ["run.device=meta"], "device 'meta' is not supported"),
@@ -70,6 +70,7 @@ CASES = [
      "train.batch_size=2 with data.preprocess=none: it keeps each image's own size"),
     ("cyclegan", ["data.preprocess=scale_width", "train.batch_size=4"],
      "train.batch_size=4 with data.preprocess=scale_width"),
+    ("gan", ["data.preprocess=none"], "data.preprocess=none keeps each image's own size"),
 ]  # fmt: skip
 IDS = [f"{t}:{' '.join(a)[:40]}" for t, a, _ in CASES]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spap.errors import CheckpointError
+from spap.errors import CheckpointError, WriteError
 from spap.train.checkpoint import (
     FORMAT,
     VERSION,
@@ -103,7 +103,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch) -> Non
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(CheckpointError, match="no space left on device"):
+    with pytest.raises(WriteError, match="no space left on device"):
         m.save(_state(2), 2)
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000001.pt"]

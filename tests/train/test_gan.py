@@ -243,3 +243,19 @@ def test_attention_overrides_merge_into_the_file() -> None:
     assert cfg.model.g_attention == {64: "none", 32: "sagan"}
     assert cfg.model.d_attention == {64: "spap"}
     assert cfg.model.spap_options == {"order": "fine_to_coarse"}
+
+
+def test_dataset_follows_preprocess_and_load_size(image_dir: Path) -> None:
+    """``data.preprocess`` / ``data.load_size`` reach the GAN's images: ``crop`` takes a
+    32x32 window of the 40x40 file unresized, the default resizes the whole file."""
+    flip_off = {"flip": False, "root": str(image_dir)}
+    cropped = _task(image_dir, data={**flip_off, "preprocess": "crop"}).build_dataset()
+    resized = _task(image_dir, data=flip_off).build_dataset()
+    c, r = cropped[(0, 0)], resized[(0, 0)]
+    assert c["image"].shape == r["image"].shape == (3, 32, 32)
+    with Image.open(c["path"]) as im:
+        full = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+    windows = full.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 9, 9, 32, 32): every 32x32 crop
+    diff = (windows - c["image"][:, None, None]).abs().amax(dim=(0, 3, 4))
+    assert float(diff.min()) < 1e-5  # the crop is one of the file's windows, unresized
+    assert not torch.allclose(c["image"], r["image"])

@@ -31,12 +31,12 @@ from torchvision.transforms.functional import to_pil_image
 from spap.config import from_dict
 from spap.devices import pick_device
 from spap.errors import CheckpointError, SpapError
+from spap.files import atomic_write
 from spap.inference.loading import load_generators
 from spap.layers import SPAP, attention_units, record_attention
 from spap.models.sngan import latents
 from spap.systems import get_system
 from spap.train.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     resolve_best,
     resolve_checkpoint,
@@ -291,12 +291,12 @@ class Report:
         if isinstance(image, (str, os.PathLike)):
             if Path(image).resolve() != path.resolve():
                 with open(image, "rb") as src:
-                    atomic_write_bytes(path, lambda fh: shutil.copyfileobj(src, fh))
+                    atomic_write(path, lambda fh: shutil.copyfileobj(src, fh))
             with Image.open(path) as im:
                 w, h = im.size
         else:
             pil = _to_pil(image)
-            atomic_write_bytes(path, lambda fh: pil.save(fh, format="PNG"))
+            atomic_write(path, lambda fh: pil.save(fh, format="PNG"))
             w, h = pil.size
         self.files.append(path.name)
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
@@ -377,10 +377,10 @@ class Report:
 
     def write(self, name: str = "index.html") -> Path:
         """Write the page (atomically: complete or not at all; a failed write is one
-        :class:`~spap.errors.CheckpointError` line naming the file) and return its path."""
+        :class:`~spap.errors.WriteError` line naming the file) and return its path."""
         path = self.dir / name
         data = self.html().encode("utf-8")
-        atomic_write_bytes(path, lambda fh: fh.write(data))
+        atomic_write(path, lambda fh: fh.write(data))
         return path
 
     # -- attention

@@ -215,9 +215,16 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
     return im.convert(mode) if im.mode != mode else im
 
 
+#: The EXIF orientation tag.
+_ORIENTATION = 0x0112
+
+
 def _upright(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    """Apply the EXIF (or XMP) orientation; a broken EXIF block leaves the image as stored.
+    An upright image is returned as it is (``exif_transpose`` would copy every pixel)."""
     try:
+        if im.getexif().get(_ORIENTATION, 1) in (None, 1):
+            return im
         return ImageOps.exif_transpose(im) or im
     except Exception:  # malformed EXIF must not reject otherwise good pixels
         return im
@@ -254,8 +261,8 @@ def read_image(
                     )
                 im.load()  # the first frame of an animated file; raises if truncated
                 out = _convert(_upright(im), mode)
-                if out is im:  # never hand out the image tied to the file being closed
-                    out = out.copy()
+                if out is im and getattr(im, "map", None) is not None:
+                    out = out.copy()  # pixels memory-mapped from the file: detach them
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

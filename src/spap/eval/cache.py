@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from spap.errors import CheckpointError, DataError
+from spap.errors import CheckpointError, DataError, WriteError
+from spap.files import atomic_write
 from spap.models.segnet import weights_only_failure
-from spap.train.checkpoint import atomic_write_bytes, state_digest
+from spap.train.checkpoint import check_archive, state_digest
 
 __all__ = ["CACHE_FORMAT", "KINDS", "FidelityCache"]
 
@@ -61,6 +62,10 @@ class FidelityCache:
         refuse = f"refused the cache entry {p}"
         hint = "delete it (or run with --no-cache)"
         try:
+            check_archive(p)
+        except CheckpointError as exc:
+            raise DataError(f"{refuse}: {str(exc).removeprefix(f'{p}: ')}; {hint}") from None
+        try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure: the entry is not ours or damaged
             raise DataError(f"{refuse}: {weights_only_failure(exc)}; {hint}") from None
@@ -71,7 +76,11 @@ class FidelityCache:
         ):
             raise DataError(f"{refuse}: not a {CACHE_FORMAT} v{VERSION} file; {hint}")
         checksum = obj.pop("checksum", None)
-        if checksum != state_digest(obj):
+        try:
+            digest = state_digest(obj)
+        except CheckpointError as exc:  # nested, shared or oversized content: crafted
+            raise DataError(f"{refuse}: {exc}; {hint}") from None
+        if checksum != digest:
             raise DataError(f"{refuse}: checksum mismatch (damaged or modified); {hint}")
         if (obj.get("kind"), obj.get("identity"), obj.get("layer")) != (kind, identity, layer):
             raise DataError(f"{refuse}: it holds another input's {obj.get('kind')}; {hint}")
@@ -102,8 +111,8 @@ class FidelityCache:
         }
         obj["checksum"] = state_digest(obj)
         try:
-            atomic_write_bytes(p, lambda fh: torch.save(obj, fh))
-        except CheckpointError as exc:
+            atomic_write(p, lambda fh: torch.save(obj, fh))
+        except WriteError as exc:
             log.warning("could not write the cache entry %s: %s", p, exc.__cause__ or exc)
             return None
         return p

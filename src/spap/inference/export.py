@@ -37,13 +37,13 @@ from torch.export import Dim
 
 from spap.config import to_dict
 from spap.errors import SpapError
+from spap.files import atomic_write, find_os_error, write_error_reason
 from spap.inference import load
 from spap.inference.loading import SAFETENSORS_FORMAT, load_generators, write_safetensors
 from spap.inference.pretrained import save_pretrained
 from spap.inference.sample import Sampler
 from spap.inference.translate import Translator
 from spap.layers import remove_spectral_norm
-from spap.train.checkpoint import atomic_write_bytes, find_os_error, write_error_reason
 
 __all__ = ["FORMATS", "ExportResult", "export_generator"]
 
@@ -160,7 +160,7 @@ def _export_torchscript(g: nn.Module, x: Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices and tracer warnings (checked below)
         traced = torch.jit.trace(g, (x,), check_trace=False)
-        atomic_write_bytes(path, lambda fh: torch.jit.save(traced, fh))
+        atomic_write(path, lambda fh: torch.jit.save(traced, fh))
 
 
 def _run_torchscript(path: Path, x: Tensor) -> Tensor:

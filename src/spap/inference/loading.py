@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from spap.config import from_dict
 from spap.errors import CheckpointError, SpapError
+from spap.files import atomic_write
 from spap.inference.hub import (
     HUB_PREFIX,
     PRETRAINED_FORMAT,
@@ -57,7 +58,7 @@ from spap.models.cyclegan import (
 )
 from spap.systems import get_system, model_config
 from spap.systems.cyclegan import inference_generators
-from spap.train.checkpoint import atomic_write_bytes, load_checkpoint
+from spap.train.checkpoint import load_checkpoint
 from spap.train.loop import allocation_failure
 
 __all__ = [
@@ -107,7 +108,7 @@ def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mappi
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {**metadata, "sha256": tensor_digest(tensors)}
     data = save(tensors, metadata=meta)
-    atomic_write_bytes(Path(path), lambda fh: fh.write(data))
+    atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:

@@ -54,6 +54,7 @@ from spap.data.io import UnreadableImage, list_images, read_image
 from spap.data.scenes import render_scene
 from spap.data.transforms import to_tensor_image
 from spap.errors import SpapError
+from spap.files import atomic_write
 from spap.inference.hub import (
     CARD_NAME,
     CONFIG_NAME,
@@ -66,7 +67,6 @@ from spap.inference.hub import (
 from spap.inference.loading import LoadedGenerators, load_generators, write_safetensors
 from spap.layers import attention_units, record_attention, remove_spectral_norm
 from spap.models.sngan import latents
-from spap.train.checkpoint import atomic_write_bytes
 from spap.viz.attention import attention_overlays
 from spap.viz.grid import rows_grid, save_grid
 
@@ -513,7 +513,7 @@ def render_card(config: Mapping[str, Any], *, name: str, files: Sequence[str] = 
 
 
 def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_pretrained(

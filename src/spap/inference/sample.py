@@ -29,6 +29,7 @@ from torchvision.utils import make_grid
 from spap.data.transforms import tensor_to_pil, to_tensor_image
 from spap.devices import pick_device
 from spap.errors import SpapError
+from spap.files import atomic_write
 from spap.inference.loading import load_generators
 from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.layers import record_attention
@@ -59,16 +60,10 @@ def _is_complete_png(path: Path) -> bool:
 
 
 def _atomic_png(image: torch.Tensor, path: Path) -> None:
-    """Write an image in [-1, 1] as PNG: temporary file + rename (never a half file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            tensor_to_pil(image).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write an image in [-1, 1] as PNG atomically (never a half file; a failed write is
+    one :class:`~spap.errors.WriteError` line naming the file)."""
+    pil = tensor_to_pil(image)
+    atomic_write(path, lambda fh: pil.save(fh, format="PNG"), fsync=False)
 
 
 def _read_png(path: Path) -> torch.Tensor:

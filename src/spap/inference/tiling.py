@@ -65,9 +65,9 @@ from tqdm.auto import tqdm
 
 from spap.data.transforms import encode_png16, tensor_to_array, to_tensor_image
 from spap.errors import SpapError
+from spap.files import atomic_write
 from spap.layers.sagan import SelfAttention
 from spap.layers.spap import AttentiveFuse
-from spap.train.checkpoint import atomic_write_bytes
 
 __all__ = [
     "STATS_MODES",
@@ -512,7 +512,7 @@ def write_array(arr: np.ndarray, path: str | os.PathLike) -> Path:
             img.save(fh, format=fmt)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, write)
+    atomic_write(path, write)
     return path
 
 

@@ -46,13 +46,13 @@ from spap.data.transforms import (
 )
 from spap.devices import pick_device
 from spap.errors import DataError, SpapError
+from spap.files import write_error_reason
 from spap.inference.hub import resolve
 from spap.inference.loading import load_generators
 from spap.inference.pretrained import PretrainedResult, save_pretrained
 from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.inference.tiling import translate_tiled, write_array
 from spap.layers import attention_units, record_attention
-from spap.train.checkpoint import write_error_reason
 from spap.viz.attention import attention_maps, overlay
 
 __all__ = ["FolderResult", "Translator", "pad_to_multiple"]

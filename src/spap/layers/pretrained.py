@@ -20,7 +20,6 @@ import importlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from spap.errors import CheckpointError, ConfigError
+from spap.files import atomic_write
 
 __all__ = ["PretrainedUnitMixin", "decode_callable", "encode_callable"]
 
@@ -104,17 +104,6 @@ def decode_callable(spec: Any, source: str = "config.json") -> Any:
     return functools.partial(fn, *args, **kwargs) if args or kwargs else fn
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class PretrainedUnitMixin:
     """Adds ``save_pretrained`` / ``from_pretrained`` to a unit whose constructor arguments
     are recorded in ``self._init_args`` (a dict) by its ``__init__``."""
@@ -159,8 +148,10 @@ class PretrainedUnitMixin:
         out.mkdir(parents=True, exist_ok=True)
         assert isinstance(self, nn.Module)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
-        _atomic_write(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+        data = save(state, metadata={"format": "pt"})
+        atomic_write(out / WEIGHTS_NAME, lambda fh: fh.write(data))
+        text = (json.dumps(config, indent=2) + "\n").encode()
+        atomic_write(out / CONFIG_NAME, lambda fh: fh.write(text))
         return out
 
     @classmethod

@@ -103,7 +103,11 @@ class CycleGANModelConfig:
     output_nc: int = option(3, "channels of domain B images", min=1)
     ngf: int = option(64, "generator width (filters of the first conv)", min=1)
     ndf: int = option(64, "discriminator width (filters of the first conv)", min=1)
-    n_blocks: int = option(9, "residual blocks in the generator (6 for 128px, 9 for 256px)", min=0)
+    # At most 1000 [ours]: more are built one by one until memory runs out, which no
+    # single allocation would report; checked wherever a model config is read.
+    n_blocks: int = option(
+        9, "residual blocks in the generator (6 for 128px, 9 for 256px)", min=0, max=1000
+    )
     n_layers_d: int = option(
         3, "stride-2 layers of the PatchGAN (3 = 70x70 receptive field)", min=1
     )

@@ -35,9 +35,6 @@ __all__ = [
 
 #: The four networks of a CycleGAN, as named in checkpoints.
 NETWORKS = ("G_A", "G_B", "D_A", "D_B")
-#: Most residual blocks a generator may have (more are built one by one until memory runs
-#: out, which no single allocation would report).
-MAX_BLOCKS = 1000
 
 
 @dataclasses.dataclass
@@ -181,11 +178,6 @@ class CycleGANConfig:
                 f"{self.data.preprocess}: it keeps each image's own size, so a batch cannot "
                 "hold several images; use train.batch_size=1 or a preprocess that crops "
                 "(resize_and_crop, crop, scale_width_and_crop)"
-            )
-        if self.model.n_blocks > MAX_BLOCKS:
-            raise ConfigError(
-                f"model.n_blocks={self.model.n_blocks}: at most {MAX_BLOCKS} residual blocks "
-                "(the paper uses 9)"
             )
 
 

@@ -50,6 +50,12 @@ class GANDataConfig:
     )
 
     def validate(self) -> None:
+        if self.preprocess in ("none", "scale_width"):
+            raise ConfigError(
+                f"data.preprocess={self.preprocess} keeps each image's own size, but the GAN "
+                f"learns size x size images (data.size={self.size}); use resize_and_crop, "
+                "crop or scale_width_and_crop"
+            )
         check_transform_options(
             self.preprocess, self.load_size or self.size, self.size, prefix="data.", crop_key="size"
         )

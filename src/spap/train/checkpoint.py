@@ -17,13 +17,11 @@ Run folder layout::
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +29,8 @@ from typing import Any
 
 import torch
 
-from spap.errors import CheckpointError, SpapError
+from spap.errors import CheckpointError, SpapError, WriteError
+from spap.files import atomic_write, write_error_reason
 
 try:
     import fcntl
@@ -65,105 +64,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_WHY = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (the file-size limit, ulimit -f)",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EROFS: "read-only file system",
-    errno.EIO: "input/output error",
-    errno.ENAMETOOLONG: "file name too long",
-}
-
-
-def write_error_reason(exc: OSError) -> str:
-    """A few lower-case words for a failed write (``no space left on device``)."""
-    why = _WHY.get(exc.errno or -1) or exc.strerror or str(exc) or type(exc).__name__
-    return " ".join(why.split())[:200]
-
-
-def find_os_error(exc: BaseException) -> OSError | None:
-    """The ``OSError`` behind ``exc``: itself, or one it was raised from or while handling
-    (PyTorch's zip writer turns a failed ``write`` into a ``RuntimeError``)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class _RecordingFile:
-    """A file object that remembers the first ``OSError`` of its ``write``: writers that
-    wrap it (PyTorch's zip writer) may report only ``file write failed``."""
-
-    def __init__(self, fh: Any) -> None:
-        self._fh = fh
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._fh.write(data)
-        except OSError as exc:
-            if self.error is None:
-                self.error = exc
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fh, name)
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder,
-    flush, fsync, rename over ``path``. On any failure the old ``path`` is untouched and
-    the temporary file removed; a failure to write (a full disk, a quota, the file-size
-    limit, permissions, an I/O error, also when a writer such as ``torch.save`` wraps it in
-    another exception) raises :class:`~spap.errors.CheckpointError`
-    ``could not write <path>: <reason>``. The file gets the mode ``open()`` would give it
-    (0666 less the user's umask), so collaborators can read what the umask lets them read."""
-    path = Path(path)
-    tmp: Path | None = None
-    recorder: _RecordingFile | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            recorder = _RecordingFile(fh)
-            write(recorder)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        cause = (recorder.error if recorder is not None else None) or find_os_error(exc)
-        if cause is None or isinstance(exc, KeyboardInterrupt):
-            raise
-        raise CheckpointError(f"could not write {path}: {write_error_reason(cause)}") from exc
 
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray)
@@ -318,7 +218,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     state = {k: v for k, v in state.items() if k not in ("checksum", "path")}
     state["checksum"] = state_digest(state)
-    atomic_write_bytes(path, lambda fh: torch.save(state, fh))
+    atomic_write(path, lambda fh: torch.save(state, fh))
     return path
 
 
@@ -443,16 +343,16 @@ class CheckpointManager:
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
         """Write the checkpoint of ``step``, then point ``latest`` at it; a failed write
-        raises :class:`~spap.errors.CheckpointError` (``could not write <file>: <reason>;
+        raises :class:`~spap.errors.WriteError` (``could not write <file>: <reason>;
         the previous checkpoint is intact``)."""
         had = bool(list_checkpoints(self.folder.parent))
         try:
             path = save_checkpoint(state, self.folder / f"step_{step:07d}.pt")
-            atomic_write_bytes(self.folder / "latest", lambda fh: fh.write(path.name.encode()))
-        except CheckpointError as exc:
-            if not (had and str(exc).startswith("could not write")):
+            atomic_write(self.folder / "latest", lambda fh: fh.write(path.name.encode()))
+        except WriteError as exc:
+            if not had:
                 raise
-            raise CheckpointError(f"{exc}; the previous checkpoint is intact") from exc
+            raise WriteError(f"{exc}; the previous checkpoint is intact") from exc
         for old in list_checkpoints(self.folder.parent)[: -self.keep_last]:
             with contextlib.suppress(OSError):
                 old.unlink()

@@ -46,9 +46,10 @@ from torch import Tensor
 from spap.config import RunConfig
 from spap.data import build_dataset, detect_layout
 from spap.errors import ConfigError
+from spap.files import atomic_write
 from spap.models.sngan import latents
 from spap.train import distributed as D
-from spap.train.checkpoint import atomic_write_bytes, checkpoint_dir
+from spap.train.checkpoint import checkpoint_dir
 from spap.train.health import HealthMonitor
 
 __all__ = [
@@ -396,10 +397,10 @@ class RunMonitor:
         try:
             os.link(path, tmp)  # same bytes, no copy; survives keep_last removing `path`
         except OSError:
-            atomic_write_bytes(tmp, lambda fh: fh.write(path.read_bytes()))
+            atomic_write(tmp, lambda fh: fh.write(path.read_bytes()))
         os.replace(tmp, target)
         previous = _read_text(folder / "best")
-        atomic_write_bytes(folder / "best", lambda fh: fh.write(target.name.encode()))
+        atomic_write(folder / "best", lambda fh: fh.write(target.name.encode()))
         if previous and previous != target.name:
             with contextlib.suppress(OSError):
                 (folder / previous).unlink()

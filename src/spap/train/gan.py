@@ -74,6 +74,8 @@ class GANTask(Task):
             "folder",
             dc.root,
             size=dc.size,
+            preprocess=dc.preprocess,
+            load_size=dc.load_size,
             flip=dc.flip,
             seed=self.cfg.run.seed,
             channels=3,

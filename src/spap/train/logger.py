@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from spap.config import RunConfig
+from spap.config import RunConfig, parse_yaml
+from spap.errors import ConfigError
 from spap.viz.grid import rows_grid, save_grid
 
 __all__ = ["ProgressLogger"]
@@ -135,8 +135,8 @@ def _start_wandb(run_dir: Path) -> Any:
         log.warning("run.logger asks for wandb, which is not installed (pip install wandb)")
         return None
     config = None
-    with contextlib.suppress(OSError, yaml.YAMLError):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    with contextlib.suppress(OSError, UnicodeDecodeError, ConfigError):
+        config = parse_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
     return wandb.init(
         project=os.environ.get("WANDB_PROJECT", "spap"),
         name=run_dir.name,

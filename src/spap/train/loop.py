@@ -47,19 +47,19 @@ from spap.errors import (
     NonFiniteLossError,
     Preempted,
     SpapError,
+    WriteError,
 )
+from spap.files import atomic_write, write_error_reason
 from spap.train import distributed as D
 from spap.train.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointManager,
     RunLock,
-    atomic_write_bytes,
     list_checkpoints,
     load_for_resume,
     remove_stale_temporaries,
     resolve_checkpoint,
-    write_error_reason,
 )
 from spap.train.context import RunContext, all_finite
 from spap.train.evaluation import Evaluator, RunMonitor
@@ -426,7 +426,7 @@ def _prepare_run_dir(run_dir: Path, cfg: Any, lock: RunLock, fresh: bool) -> Non
         )
     remove_stale_temporaries(run_dir, prefixes=(".config.yaml.",))
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
-    atomic_write_bytes(run_dir / "config.yaml", lambda fh: fh.write(text))
+    atomic_write(run_dir / "config.yaml", lambda fh: fh.write(text))
 
 
 _BYTES_RE = re.compile(r"allocate (\d+) bytes")
@@ -490,7 +490,7 @@ def _open_logger(run_dir: Path, rc: RunConfig, total: int, step: int, main: bool
     try:
         return ProgressLogger(run_dir, rc, total, step, main)
     except OSError as exc:
-        raise CheckpointError(
+        raise WriteError(
             f"could not write the TensorBoard log in {run_dir / 'tb'}: {write_error_reason(exc)}"
         ) from None
 
@@ -586,7 +586,7 @@ def _name_last_checkpoint(run_dir: Path):
     checkpoint it can be resumed from."""
     try:
         yield
-    except (NonFiniteLossError, CheckpointError) as exc:
+    except (NonFiniteLossError, CheckpointError, WriteError) as exc:
         try:
             where = f"the last good checkpoint is {resolve_checkpoint(run_dir)}"
         except CheckpointError:

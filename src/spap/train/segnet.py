@@ -25,8 +25,8 @@ from spap.data.labels import get_label_space
 from spap.data.pairs import AlignedPairs, resize_ids, resize_rgb
 from spap.devices import pick_device
 from spap.errors import DataError, SpapError
+from spap.files import atomic_write
 from spap.models.segnet import FORMAT, build_segnet, fit_size
-from spap.train.checkpoint import atomic_write_bytes
 
 __all__ = ["SCORE_KEYS", "ScoreFn", "save_segnet", "train_segnet"]
 
@@ -45,7 +45,7 @@ def save_segnet(path: str | Path, model: nn.Module, config: dict[str, Any]) -> P
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": 1, "config": dict(config), "state_dict": state}
-    atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+    atomic_write(path, lambda fh: torch.save(obj, fh))
     return path
 
 
