@@ -92,10 +92,11 @@ def measure(size: int, repeats: int, breakdown: bool, extra: dict[str, Any]) -> 
         for name, o in BREAKDOWN.items():
             variants[name] = (spap_cfg, _resolve_inner(copy.deepcopy(o), spap_cfg))
     batches = make_batches(size, 4)
-    steppers, flops = {}, {}
+    steppers, flops, params = {}, {}, {}
     for name, (cfg, o) in variants.items():
         torch.manual_seed(0)
         task = make_task(cfg, C.merge_dicts(o, extra), size)
+        params[name] = sum(p.numel() for net in task.nets.values() for p in net.parameters())
         steppers[name] = Stepper(task, batches)
         flops[name] = C.count_flops(steppers[name])  # also a warm-up iteration
     times = C.interleaved(steppers, repeats, warmup=0 if size >= 256 else 1)
@@ -104,7 +105,11 @@ def measure(size: int, repeats: int, breakdown: bool, extra: dict[str, Any]) -> 
     for name in variants:
         t = C.median(times[name])
         goal = C.verdict(t / t_plain <= 1.25) if name == "spap (default config)" else ""
-        rows.append([f"{size}px", name, flops[name] / 1e9, t, f"{t / t_plain:.3f}x", goal])
+        rows.append([
+            f"{size}px", name, params[name] / 1e6, f"{params[name] / params['plain']:.3f}x",
+            flops[name] / 1e9, f"{flops[name] / flops['plain']:.3f}x", t,
+            f"{t / t_plain:.3f}x", goal,
+        ])  # fmt: skip
     return rows
 
 
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{size}px: {repeats} timed iterations per variant", file=sys.stderr)
         rows += measure(size, repeats, args.breakdown, extra)
     print("\nGoal 2: SPAP CycleGAN iteration vs plain (medians, interleaved):")
-    headers = ["size", "variant", "GFLOP/iter", "s/iter", "vs plain", "<= 1.25x"]
+    headers = ["size", "variant", "M params (G+D)", "params vs plain", "GFLOP/iter",
+               "FLOPs vs plain", "s/iter", "time vs plain", "<= 1.25x"]  # fmt: skip
     print(C.table(headers, rows))
     print(C.machine_line())
     return 0

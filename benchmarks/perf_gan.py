@@ -104,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         goal = ""
         if name.startswith("spap"):
             goal = C.verdict(ratio <= 1.3)
-        rows.append([name, params[name] / 1e6, flops[name] / 1e9, t, f"{ratio:.2f}x", goal])
+        base = names[0]
+        rows.append([
+            name, params[name] / 1e6, f"{params[name] / params[base]:.3f}x", flops[name] / 1e9,
+            f"{flops[name] / flops[base]:.3f}x", t, f"{ratio:.2f}x", goal,
+        ])  # fmt: skip
     print(f"\nGoal 3: GAN step at 128x128, batch {args.batch_size} (medians, interleaved):")
-    headers = ["config", "M params (G+D)", "GFLOP/step", "s/step", "vs baseline", "<= 1.3x"]
+    headers = ["config", "M params (G+D)", "params vs baseline", "GFLOP/step",
+               "FLOPs vs baseline", "s/step", "time vs baseline", "<= 1.3x"]  # fmt: skip
     print(C.table(headers, rows))
     print(C.machine_line())
     return 0

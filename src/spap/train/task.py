@@ -20,7 +20,9 @@ class Task(abc.ABC):
 
     ``__init__`` builds the networks through ``ctx.prepare()`` and their optimizers;
     ``train_step`` updates weights only through ``ctx.optimize()`` (or ``ctx.backward()``
-    then ``ctx.step()``) and returns its losses as plain floats.
+    then ``ctx.step()``) and returns its losses as 0-d tensors on the device (plain floats
+    are accepted too); the loop reads them back only on the steps it logs, so an iteration
+    that does not log never waits for the device.
     """
 
     #: Stored in checkpoints ("cyclegan", "gan"); a checkpoint resumes only its own kind.
@@ -44,7 +46,7 @@ class Task(abc.ABC):
         """Iterations of the full schedule (``run.steps`` caps it)."""
 
     @abc.abstractmethod
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         """One iteration on ``batch`` (iteration index ``step``, from 0); its losses."""
 
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
