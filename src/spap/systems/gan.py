@@ -84,6 +84,12 @@ class GANTrainConfig:
     betas_d: tuple[float, float] = option(
         (0.0, 0.999), "discriminator Adam betas", min=0.0, max=1.0
     )
+    gamma_lr_mult: float = option(
+        1.0,
+        "learning-rate multiplier of the attention units' blend scalars gamma (SPAP, SAGAN) "
+        "[ours; not in the paper]: >1 lets gamma move away from 0 sooner",
+        min=0.0,
+    )
     clip_grad_norm: float | None = option(
         None,
         "clip each update's gradients to this global L2 norm (torch.nn.utils.clip_grad_norm_); "

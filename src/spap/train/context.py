@@ -32,6 +32,7 @@ from torch._functorch import config
 
 from spap.config import RunConfig
 from spap.errors import ConfigError, NonFiniteLossError
+from spap.layers import attention_units
 from spap.train import distributed as D
 
 __all__ = ["RunContext", "all_finite", "non_finite"]
@@ -161,12 +162,33 @@ class RunContext:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def adam(
-        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        betas: tuple[float, float],
+        *,
+        gamma_lr_mult: float = 1.0,
+        networks: Iterable[nn.Module] = (),
     ) -> torch.optim.Adam:
         """Adam over ``params``: the fused implementation (one kernel per step for all
         tensors) when ``run.fused_optimizer`` and this torch supports it on the device, the
-        default otherwise. Fused and default steps agree up to float rounding."""
-        params = list(params)
+        default otherwise. Fused and default steps agree up to float rounding.
+
+        ``gamma_lr_mult`` != 1 puts the blend scalars ``gamma`` of the attention units in
+        ``networks`` in a second parameter group whose learning rate is ``lr *
+        gamma_lr_mult`` (schedules scale both groups alike); at 1 there is one group."""
+        params: Any = list(params)
+        if gamma_lr_mult != 1.0:
+            gammas = {
+                id(unit.gamma)
+                for net in networks
+                for _, unit in attention_units(net)
+                if isinstance(getattr(unit, "gamma", None), nn.Parameter)
+            }
+            params = [
+                {"params": [p for p in params if id(p) not in gammas]},
+                {"params": [p for p in params if id(p) in gammas], "lr": lr * gamma_lr_mult},
+            ]
         if self.run.fused_optimizer:
             try:
                 return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)

@@ -256,12 +256,15 @@ class CycleGANTask(Task):
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
         betas = tuple(tc.betas)
+        mult = tc.gamma_lr_mult
         self.opt_G = ctx.adam(
-            itertools.chain(self.G_A.parameters(), self.G_B.parameters()), tc.lr, betas
-        )
+            itertools.chain(self.G_A.parameters(), self.G_B.parameters()), tc.lr, betas,
+            gamma_lr_mult=mult, networks=(self.G_A, self.G_B),
+        )  # fmt: skip
         self.opt_D = ctx.adam(
-            itertools.chain(self.D_A.parameters(), self.D_B.parameters()), tc.lr, betas
-        )
+            itertools.chain(self.D_A.parameters(), self.D_B.parameters()), tc.lr, betas,
+            gamma_lr_mult=mult, networks=(self.D_A, self.D_B),
+        )  # fmt: skip
 
         def factor(epoch: int) -> float:
             return lr_factor(epoch, tc.n_epochs, tc.n_epochs_decay)
@@ -431,8 +434,11 @@ class CycleGANTask(Task):
         return dict(self.nets)
 
     @torch.no_grad()
-    def probe(self) -> dict[str, Any]:
-        """Both generators (eval mode) on the most recent training images."""
+    def _translate_recent(self, cycle: bool) -> dict[str, Any]:
+        """Both generators (eval mode, then back to their modes) on the most recent training
+        images of the last one's shape: ``real_A``, ``fake_B``, ``real_B``, ``fake_A``,
+        with ``cycle`` also ``rec_A`` and ``rec_B``, and each generator's attention maps
+        (``maps_A``, ``maps_B``); ``{}`` before the first iteration."""
         if not self._recent:
             return {}
         shape_a, shape_b = self._recent[-1][0].shape, self._recent[-1][1].shape
@@ -445,50 +451,41 @@ class CycleGANTask(Task):
         try:
             with record_attention(self.G_A) as maps_A:
                 fake_B = self.G_A(real_A)
+            rec_A = self.G_B(fake_B) if cycle else None
             with record_attention(self.G_B) as maps_B:
                 fake_A = self.G_B(real_B)
+            rec_B = self.G_A(fake_A) if cycle else None
         finally:
             for name, net in self.nets.items():
                 net.train(modes[name])
+        out = {"real_A": real_A, "fake_B": fake_B, "real_B": real_B, "fake_A": fake_A}
+        if cycle:
+            out.update(rec_A=rec_A, rec_B=rec_B)
+        return {**out, "maps_A": maps_A, "maps_B": maps_B}
+
+    def probe(self) -> dict[str, Any]:
+        """Both generators (eval mode) on the most recent training images."""
+        t = self._translate_recent(cycle=False)
+        if not t:
+            return {}
         return {
-            "maps": {"G_A": maps_A, "G_B": maps_B},
-            "pairs": {"AtoB": (real_A, fake_B.float()), "BtoA": (real_B, fake_A.float())},
+            "maps": {"G_A": t["maps_A"], "G_B": t["maps_B"]},
+            "pairs": {
+                "AtoB": (t["real_A"], t["fake_B"].float()),
+                "BtoA": (t["real_B"], t["fake_A"].float()),
+            },
         }
 
     # -- pictures
-    @torch.no_grad()
     def visuals(self) -> dict[str, torch.Tensor]:
         """real_A, fake_B, rec_A, real_B, fake_A, rec_B of the most recent training images
         (``train.num_visuals`` of them; current weights, eval mode) and, with attention
         units, each generator unit's maps as heat-map overlays on its input."""
-        if not self._recent:
+        t = self._translate_recent(cycle=True)
+        if not t:
             return {}
-        shape_a, shape_b = self._recent[-1][0].shape, self._recent[-1][1].shape
-        recent = [(a, b) for a, b in self._recent if a.shape == shape_a and b.shape == shape_b]
-        real_A = torch.stack([a for a, _ in recent])
-        real_B = torch.stack([b for _, b in recent])
-        modes = {name: net.training for name, net in self.nets.items()}
-        self.G_A.eval()
-        self.G_B.eval()
-        try:
-            with record_attention(self.G_A) as maps_A:
-                fake_B = self.G_A(real_A)
-            rec_A = self.G_B(fake_B)
-            with record_attention(self.G_B) as maps_B:
-                fake_A = self.G_B(real_B)
-            rec_B = self.G_A(fake_A)
-        finally:
-            for name, net in self.nets.items():
-                net.train(modes[name])
-        rows = {
-            "real_A": real_A,
-            "fake_B": fake_B,
-            "rec_A": rec_A,
-            "real_B": real_B,
-            "fake_A": fake_A,
-            "rec_B": rec_B,
-        }
-        rows = {k: v.float().cpu() for k, v in rows.items()}
-        rows.update(attention_overlays(rows["real_A"], maps_A, prefix="G_A"))
-        rows.update(attention_overlays(rows["real_B"], maps_B, prefix="G_B"))
+        names = ("real_A", "fake_B", "rec_A", "real_B", "fake_A", "rec_B")
+        rows = {k: t[k].float().cpu() for k in names}
+        rows.update(attention_overlays(rows["real_A"], t["maps_A"], prefix="G_A"))
+        rows.update(attention_overlays(rows["real_B"], t["maps_B"], prefix="G_B"))
         return rows

@@ -47,8 +47,13 @@ class GANTask(Task):
         self.ema = EMA(G, decay=tc.ema_decay, start=tc.ema_start).to(ctx.device)
         self.G = ctx.prepare(G)
         self.D = ctx.prepare(nets["D"])
-        self.opt_g = ctx.adam(self.G.parameters(), tc.lr_g, tuple(tc.betas_g))
-        self.opt_d = ctx.adam(self.D.parameters(), tc.lr_d, tuple(tc.betas_d))
+        mult = tc.gamma_lr_mult
+        self.opt_g = ctx.adam(
+            self.G.parameters(), tc.lr_g, tuple(tc.betas_g), gamma_lr_mult=mult, networks=[self.G]
+        )
+        self.opt_d = ctx.adam(
+            self.D.parameters(), tc.lr_d, tuple(tc.betas_d), gamma_lr_mult=mult, networks=[self.D]
+        )
         self.schedulers = {
             "G": torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor),
             "D": torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._lr_factor),
