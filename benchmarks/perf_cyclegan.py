@@ -185,24 +185,10 @@ class LeverCycleGAN(RefCycleGAN):
             super().forward()
 
     def backward_G(self) -> None:
-        if not self.batch_g:
-            return super().backward_G()
-        la, lb, li = self.lambda_a, self.lambda_b, self.lambda_idt
-        self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * lb * li
-        self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * la * li
-        self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
-        self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)
-        self.loss_cycle_A = self.criterionCycle(self.rec_A, self.real_A) * la
-        self.loss_cycle_B = self.criterionCycle(self.rec_B, self.real_B) * lb
-        self.loss_G = (
-            self.loss_G_A
-            + self.loss_G_B
-            + self.loss_cycle_A
-            + self.loss_cycle_B
-            + self.loss_idt_A
-            + self.loss_idt_B
-        )
-        self.loss_G.backward()
+        if self.batch_g:  # the identity images come from the batched forwards
+            self.backward_G_losses()
+        else:
+            super().backward_G()
 
     def backward_D_basic(
         self, netD: nn.Module, real: torch.Tensor, fake: torch.Tensor

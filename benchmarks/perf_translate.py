@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dict = merge(read_yaml("cyclegan/facades"), parse_overrides(args.overrides))
     cfg = from_dict(CycleGANConfig, cfg_dict)
     torch.manual_seed(0)
-    translator = Translator({"AtoB": build_generator(cfg.model)}, cfg_dict, device="cpu")
+    translator = Translator({"AtoB": build_generator(cfg.model)}, device="cpu")
     g = translator.generator("AtoB")
 
     tmp = Path(tempfile.mkdtemp(prefix="spap_perf_translate_"))

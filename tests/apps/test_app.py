@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,8 +31,6 @@ SPAP_MODEL = {
     "g_attention_at": ["down:0", "trunk_end"],
     "g_attention_options": {"rates": [0, 1]},
 }
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -200,16 +197,9 @@ def test_space_app_serves(ckpt: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs chromium and chromedriver from the system's packages "
-    "(apt-get install chromium chromium-driver)",
-)
-def test_in_a_browser(ckpt: Path, image: Path, tmp_path: Path) -> None:
+def test_in_a_browser(browser, ckpt: Path, image: Path, tmp_path: Path) -> None:
     """Upload a file in headless Chromium, translate, download: the PNG equals what
     ``spap translate`` writes for that file; a screenshot is kept in $SPAP_TEST_ARTIFACTS."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -218,44 +208,27 @@ def test_in_a_browser(ckpt: Path, image: Path, tmp_path: Path) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "spap.cli", "app", "--checkpoint", str(ckpt)]
     proc = serve([*cmd, "--port", str(port), "--device", "cpu"], port)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1100",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, 120)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
         upload = wait.until(
             lambda d: d.find_element(By.CSS_SELECTOR, "#spap-input input[type=file]")
         )
         upload.send_keys(str(image))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#spap-input img"))
-        driver.find_element(
+        browser.find_element(
             By.XPATH, "//*[@id='spap-direction']//label[contains(., 'BtoA')]"
         ).click()
-        driver.find_element(By.CSS_SELECTOR, "#spap-run").click()
+        browser.find_element(By.CSS_SELECTOR, "#spap-run").click()
         link = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#spap-download a[href]"))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#spap-attention img")) == 2)
-        captions = driver.find_element(By.CSS_SELECTOR, "#spap-attention").text
+        captions = browser.find_element(By.CSS_SELECTOR, "#spap-attention").text
         assert "down_0, fuse step 0 (gamma 0.250)" in captions
         assert "block_1, fuse step 0 (gamma 0.250)" in captions
-        driver.save_screenshot(str(artifacts / "spap_app.png"))
+        browser.save_screenshot(str(artifacts / "spap_app.png"))
         with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as r:
             got = np.asarray(Image.open(io.BytesIO(r.read())))
     finally:
-        driver.quit()
         stop(proc)
     want = spap_translate(ckpt, image, tmp_path / "cli", "BtoA")
     assert got.shape == want.shape == (60, 52, 3)

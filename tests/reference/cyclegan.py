@@ -323,10 +323,15 @@ class RefCycleGAN:
         self.loss_D_B = self.backward_D_basic(self.netD_B, self.real_A, fake_A)
 
     def backward_G(self) -> None:
-        la, lb, li = self.lambda_a, self.lambda_b, self.lambda_idt
         self.idt_A = self.netG_A(self.real_B)
-        self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * lb * li
         self.idt_B = self.netG_B(self.real_A)
+        self.backward_G_losses()
+
+    def backward_G_losses(self) -> None:
+        """The rest of ``backward_G`` once the identity images ``idt_A``, ``idt_B`` are
+        there: the generator losses and their backward."""
+        la, lb, li = self.lambda_a, self.lambda_b, self.lambda_idt
+        self.loss_idt_A = self.criterionIdt(self.idt_A, self.real_B) * lb * li
         self.loss_idt_B = self.criterionIdt(self.idt_B, self.real_A) * la * li
         self.loss_G_A = self.criterionGAN(self.netD_A(self.fake_B), True)
         self.loss_G_B = self.criterionGAN(self.netD_B(self.fake_A), True)

@@ -1,4 +1,5 @@
-"""Tiny CycleGAN and GAN runs on random images, for the monitor, report and browser tests."""
+"""Tiny CycleGAN and GAN runs on random images, for the training, monitor, report and browser
+tests."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from PIL import Image
 from reference.cyclegan import RefNLayerDiscriminator, randomise, ref_lr_per_epoch
 from spap.cli import main as cli
 from spap.train.checkpoint import load_checkpoint
+from train.runs import train_cyclegan
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +33,9 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-TINY = [
-    "model.ngf=8",
-    "model.ndf=8",
-    "model.n_blocks=1",
-    "model.attention=spap",
-    "model.g_attention_at=[trunk_end]",
-    "model.d_attention_at=[1]",
-    "model.g_attention_options={rates: [0, 1, 2]}",
-    "model.d_attention_options={rates: [0, 1, 2]}",
-    "train.n_epochs=1",
-    "train.n_epochs_decay=1",
-    "train.pool_size=2",
-    "train.num_visuals=2",
-    "run.num_workers=0",
-    "run.sample_every=2",
-    "run.checkpoint_every=100",
-]
-
-
 def train(data: Path, out: Path, steps: int, *extra: str) -> int:
-    args = ["train", "cyclegan", "--data", str(data), "--out", str(out), "--size", "32"]
-    return cli([*args, "--steps", str(steps), "--seed", "3", *TINY, *extra])
+    """The tiny CycleGAN run of ``runs.py``, with a sample grid every 2 iterations."""
+    return train_cyclegan(data, out, steps, "run.sample_every=2", *extra)
 
 
 def test_resume_equals_uninterrupted(data, tmp_path) -> None:

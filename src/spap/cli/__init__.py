@@ -14,8 +14,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from spap import __version__
 from spap.errors import SpapError
@@ -110,6 +111,50 @@ def _apply_threads(args: argparse.Namespace) -> int | None:
         args.overrides = [*args.overrides, f"run.threads={threads}"]
     set_threads(threads)
     return previous
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a command runs its networks (the rule of :mod:`spap.devices`)."""
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)"
+    )
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime``: a generator run in PyTorch or in ONNX Runtime."""
+    parser.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnxruntime"),
+        help="run the generator in PyTorch (default) or in ONNX Runtime on the CPU (exported "
+        "once, cached beside the checkpoint; PyTorch where onnxruntime is not installed and "
+        "for --attention maps)",
+    )
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, **tqdm_options: Any) -> Iterator[Callable[[int, Any], None]]:
+    """A ``progress(done, total)`` callback that draws a tqdm bar (``tqdm_options``: its
+    ``unit``, ``desc``, ...), opened at the first call, when the total is known, and closed
+    on leaving the block; with ``enabled`` false it draws nothing."""
+    bar = None
+
+    def progress(done: int, total: Any) -> None:
+        nonlocal bar
+        if not enabled:
+            return
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, **tqdm_options)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _is_override(arg: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spap.cli import add_device_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device_option(p)
     p.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder and exit")
     p.add_argument("--title", help="page title (default: spap <checkpoint name>)")
     p.set_defaults(func=main)

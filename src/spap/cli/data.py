@@ -96,8 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate the built-in street scenes (label maps and photos)",
         description="Generate seeded street scenes: Cityscapes-coloured label maps and "
         "matching photos, in the CycleGAN layout (trainA/ trainB/ testA/ testB/, A = labels, "
-        "B = photos), the aligned layout (train/ test/, label | photo) and class-id maps "
-        "(train_ids/ test_ids/), plus scenes.json.",
+        "B = photos; valA/ valB/ the held-out validation split), the aligned layout (train/ "
+        "val/ test/, label | photo) and class-id maps (train_ids/ val_ids/ test_ids/), plus "
+        "scenes.json.",
     )
     s.add_argument(
         "--out",
@@ -116,14 +117,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.1,
         help="share of the scenes written as the test split (default 0.1)",
     )
+    s.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation scenes written on top of the n (valA/ valB/ val/ val_ids/, from "
+        "their own seeds), as a share of n; 0: none (default 0.1)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=scenes_main)
 
 
 def get_main(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from spap.cli import check_output_folder
+    from spap.cli import check_output_folder, progress_bar
     from spap.data.download import get_dataset, resolve
     from spap.errors import SpapError
 
@@ -135,18 +141,9 @@ def get_main(args: argparse.Namespace) -> int:
     for name in args.names:  # every name checked before anything is downloaded
         resolve(name, args.source if name in ("facades", "maps") else None, args.url)
     for name in dict.fromkeys(args.names):
-        bar = None
-
-        def progress(done: int, total: int | None, name: str = name) -> None:
-            nonlocal bar
-            if args.no_progress:
-                return
-            if bar is None:
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"get {name}")
-            bar.n = done
-            bar.refresh()
-
-        try:
+        with progress_bar(
+            not args.no_progress, unit="B", unit_scale=True, desc=f"get {name}"
+        ) as progress:
             record = get_dataset(
                 name,
                 args.out,
@@ -158,9 +155,6 @@ def get_main(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 progress=progress,
             )
-        finally:
-            if bar is not None:
-                bar.close()
         where = f"{args.out.rstrip('/')}/{name}"
         if record.get("already"):
             print(f"{name}: already in {where} ({record.get('folders', '')})")
@@ -173,9 +167,7 @@ def get_main(args: argparse.Namespace) -> int:
 
 
 def prepare_main(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from spap.cli import check_output_folder
+    from spap.cli import check_output_folder, progress_bar
     from spap.data.cityscapes import prepare_cityscapes
     from spap.errors import SpapError
 
@@ -185,18 +177,7 @@ def prepare_main(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise SpapError(f"--workers must be at least 0, got {args.workers}")
     start = time.perf_counter()
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if args.no_progress:
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="img", desc="prepare cityscapes")
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with progress_bar(not args.no_progress, unit="img", desc="prepare cityscapes") as progress:
         record = prepare_cityscapes(
             args.source,
             args.out,
@@ -206,9 +187,6 @@ def prepare_main(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=progress,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     counts = ", ".join(f"{n} {split}" for split, n in record["counts"].items())
     print(
         f"wrote {counts} Cityscapes images ({args.size}x{args.size}: train/ test/ aligned, "
@@ -229,9 +207,11 @@ def scenes_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         test_fraction=args.test_fraction,
         progress=not args.no_progress,
+        val_fraction=args.val_fraction,
     )
     print(
-        f"wrote {meta['n_train']} train + {meta['n_test']} test scenes "
+        f"wrote {meta['n_train']} train + {meta['n_test']} test + {meta['n_val']} validation "
+        "scenes "
         f"({args.size}x{args.size}, seed {args.seed}) to {args.out} "
         f"in {time.perf_counter() - start:.1f} s"
     )

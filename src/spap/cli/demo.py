@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spap.cli import add_device_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="image size (32..256, multiple of 4)")
     p.add_argument("--out", default="spap-demo", help="output folder (default ./spap-demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed of data and training")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_option(p)
     p.add_argument(
         "--threads",
         type=int,

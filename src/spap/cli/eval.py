@@ -7,6 +7,7 @@ import logging
 import math
 from typing import Any
 
+from spap.cli import add_device_option
 from spap.errors import SpapError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _fidelity_args(p: argparse.ArgumentParser, real: bool, fake: bool) -> None:
         help="resize folder images to SIZE x SIZE (resize + centre crop)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device_option(p)
     p.add_argument("--seed", type=int, default=2020, help="torch-fidelity rng seed (default 2020)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument(
@@ -155,7 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--num-classes", type=int, help="classes of a plain state dict")
     q.add_argument("--max-images", type=int, help="score only the first N pairs")
     q.add_argument("--batch-size", type=int, default=8, help="default 8")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device_option(q)
     q.add_argument("--no-real", action="store_true", help="skip scoring the real photos")
     q.add_argument("--per-class", action="store_true", help="print the per-class table")
     q.add_argument("--save-images", help="write the generated images to this folder")
@@ -195,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--phase", default="test", help="split folder name (default test)")
     q.add_argument("--max-images", type=int, help="score only the first N images")
     q.add_argument("--batch-size", type=int, default=8, help="default 8")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device_option(q)
     q.add_argument("--save-images", help="write the translated images to this folder")
     q.add_argument(
         "--size",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spap.cli import add_device_option
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or latest",
     )
     p.add_argument("--num", type=int, default=6, help="images per row (default 6)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_option(p)
     p.set_defaults(func=main)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spap.cli import add_device_option, add_runtime_option
 from spap.errors import SpapError
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "command again on the same folder keeps the finished files and writes the missing ones.",
     )
     p.add_argument(
-        "--checkpoint", required=True, help="GAN checkpoint file or run folder (latest checkpoint)"
+        "--checkpoint",
+        required=True,
+        help="GAN checkpoint file, run folder (latest checkpoint), exported .safetensors, or "
+        "a Hugging Face folder (spap export --format huggingface) / hf://USER/NAME",
     )
     p.add_argument("--num", type=int, required=True, help="number of images")
     p.add_argument("--output", required=True, help="output folder")
@@ -38,14 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-ema", action="store_true", help="use the raw generator instead of its weight average"
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument(
-        "--runtime",
-        default="torch",
-        choices=("torch", "onnxruntime"),
-        help="run the generator in PyTorch (default) or in ONNX Runtime on the CPU (exported "
-        "once, cached beside the checkpoint; PyTorch where onnxruntime is not installed and for --attention maps)",
-    )
+    add_device_option(p)
+    add_runtime_option(p)
     p.set_defaults(func=main)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spap.cli import add_device_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="id maps hold train ids (default) or Cityscapes labelIds",
     )
     q.add_argument("--max-images", type=int, help="use only the first N pairs")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_device_option(q)
     q.add_argument("--seed", type=int, default=0, help="default 0")
     q.set_defaults(func=train_main)
 
@@ -77,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--num-classes", type=int, help="classes of a plain state dict")
     q.add_argument("--palette", choices=("cityscapes", "scenes"), help="default: the net's")
     q.add_argument("--max-images", type=int, help="score only the first N pairs")
-    q.add_argument("--device", default="auto", help="default auto")
+    add_device_option(q)
     q.add_argument("--per-class", action="store_true", help="print the per-class table")
     q.set_defaults(func=eval_main)
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from spap.cli import add_device_option, add_runtime_option
 from spap.errors import SpapError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         required=True,
         help="CycleGAN checkpoint file, run folder (latest checkpoint), exported .safetensors, "
-        "or a reference CycleGAN generator file (latest_net_G_A.pth: its architecture is read "
+        "a Hugging Face folder (spap export --format huggingface) / hf://USER/NAME, or a "
+        "reference CycleGAN generator file (latest_net_G_A.pth: its architecture is read "
         "from the weights; a *G_B.pth file translates BtoA)",
     )
     p.add_argument("--input", required=True, help="an image file or a folder of images")
@@ -91,14 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --tile: normalisation statistics from passes over all tiles (exact, "
         "default) or from one pass over a copy scaled to 1024 px (faster, approximate)",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument(
-        "--runtime",
-        default="torch",
-        choices=("torch", "onnxruntime"),
-        help="run the generator in PyTorch (default) or in ONNX Runtime on the CPU (exported "
-        "once, cached beside the checkpoint; PyTorch where onnxruntime is not installed and for --attention maps)",
-    )
+    add_device_option(p)
+    add_runtime_option(p)
     p.set_defaults(func=main)
 
 

@@ -33,10 +33,11 @@ hold more (16-bit RGB TIFF and PPM) are refused with a hint instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -202,17 +203,24 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
     """Decoded image of any Pillow mode -> ``mode`` ("RGB" or "L"), 8 bit, no alpha."""
     if im.mode in ("I", "F") or im.mode.startswith("I;"):
         im = Image.fromarray(_to_uint8(np.asarray(im), im.mode), mode="L")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode == "PA":
-        im = im.convert("RGBA")
-    elif im.mode == "1":
-        im = im.convert("L")
+    im = _unpacked(im)
     if im.mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         im = Image.alpha_composite(background, rgba)
     return im.convert(mode) if im.mode != mode else im
+
+
+def _unpacked(im: Image.Image) -> Image.Image:
+    """Palette images (``P``, ``PA``) as RGB or RGBA (RGBA where the palette has a
+    transparency entry), bilevel ones (``1``) as ``L``; other modes as they are."""
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode == "PA":
+        return im.convert("RGBA")
+    if im.mode == "1":
+        return im.convert("L")
+    return im
 
 
 #: The EXIF orientation tag.
@@ -228,6 +236,34 @@ def _upright(im: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(im) or im
     except Exception:  # malformed EXIF must not reject otherwise good pixels
         return im
+
+
+def _check_pixels(path: str | os.PathLike, w: int, h: int, max_pixels: int | None) -> None:
+    """Refuse a ``w`` x ``h`` image over ``max_pixels`` (:class:`ImageTooLarge`)."""
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike, max_pixels: int | None) -> Iterator[Image.Image]:
+    """``Image.open(path)``, for decoding in the ``with`` body: a truncated file raises
+    instead of half-decoding, an image over ``max_pixels`` or Pillow's decompression-bomb
+    limit raises :class:`ImageTooLarge` before its pixels are decoded, and any other
+    failure, the body's included (corrupt file, unknown format), becomes
+    :class:`UnreadableImage` naming the file."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, never half-decode
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path, *im.size, max_pixels)
+                yield im
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(path, f"decompression-bomb guard: {exc}") from exc
+    except Exception as exc:  # any decoder failure: corrupt, truncated, unknown format
+        raise UnreadableImage(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def read_image(
@@ -249,26 +285,11 @@ def read_image(
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, never half-decode
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageTooLarge(
-                        path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
-                    )
-                im.load()  # the first frame of an animated file; raises if truncated
-                out = _convert(_upright(im), mode)
-                if out is im and getattr(im, "map", None) is not None:
-                    out = out.copy()  # pixels memory-mapped from the file: detach them
-    except UnreadableImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(path, f"decompression-bomb guard: {exc}") from exc
-    except Exception as exc:  # any decoder failure: corrupt, truncated, unknown format
-        raise UnreadableImage(path, f"{type(exc).__name__}: {exc}") from exc
+    with _opened(path, max_pixels) as im:
+        im.load()  # the first frame of an animated file; raises if truncated
+        out = _convert(_upright(im), mode)
+        if out is im and getattr(im, "map", None) is not None:
+            out = out.copy()  # pixels memory-mapped from the file: detach them
     return out
 
 
@@ -360,13 +381,7 @@ def _pillow_pixels(im: Image.Image, channels: int) -> np.ndarray:
     if channels in (1, 3):
         arr = np.asarray(_convert(im, "L" if channels == 1 else "RGB"))
     else:
-        if im.mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode == "PA":
-            im = im.convert("RGBA")
-        elif im.mode == "1":
-            im = im.convert("L")
-        arr = np.asarray(im)
+        arr = np.asarray(_unpacked(im))
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -387,8 +402,7 @@ def _read_npy(path: str | os.PathLike, channels: int, max_pixels: int | None) ->
     ):
         arr = arr.transpose(1, 2, 0)  # channels first
     h, w, c = arr.shape
-    if max_pixels is not None and h * w > max_pixels:
-        raise ImageTooLarge(path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    _check_pixels(path, w, h, max_pixels)
     kind = arr.dtype.kind
     if kind not in "buif":
         raise UnreadableImage(path, f"unsupported array dtype {arr.dtype}")
@@ -479,35 +493,19 @@ def read_pixels(
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
     if os.fspath(path).lower().endswith(ARRAY_EXTENSIONS):
         return to_channels(_read_npy(path, channels, max_pixels), channels, path, alpha=False)
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageTooLarge(
-                        path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
-                    )
-                if im.format == "PNG" and _rawmode(im) in _PNG16_RAWMODES:
-                    orientation = _orientation(im)
-                    arr = _orient(_decode_png16(path), orientation)
-                else:
-                    reduced = _reduced_by_pillow(im)
-                    if reduced:
-                        raise UnreadableImage(
-                            path,
-                            f"{reduced}: Pillow reads only 8 of its bits per channel; save it "
-                            "as a 16-bit PNG or a .npy array",
-                        )
-                    im.load()
-                    arr = _pillow_pixels(_upright(im), channels)
-    except UnreadableImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(path, f"decompression-bomb guard: {exc}") from exc
-    except Exception as exc:  # any decoder failure: corrupt, truncated, unknown format
-        raise UnreadableImage(path, f"{type(exc).__name__}: {exc}") from exc
+    with _opened(path, max_pixels) as im:
+        if im.format == "PNG" and _rawmode(im) in _PNG16_RAWMODES:
+            arr = _orient(_decode_png16(path), _orientation(im))
+        else:
+            reduced = _reduced_by_pillow(im)
+            if reduced:
+                raise UnreadableImage(
+                    path,
+                    f"{reduced}: Pillow reads only 8 of its bits per channel; save it as a "
+                    "16-bit PNG or a .npy array",
+                )
+            im.load()
+            arr = _pillow_pixels(_upright(im), channels)
     if arr.dtype == np.float32 and not np.isfinite(arr).all():
         raise UnreadableImage(path, "the image holds NaN or infinite values")
     return np.ascontiguousarray(to_channels(arr, channels, path))
@@ -515,6 +513,6 @@ def read_pixels(
 
 def _orientation(im: Image.Image) -> int | None:
     try:
-        return im.getexif().get(0x0112)
+        return im.getexif().get(_ORIENTATION)
     except Exception:  # malformed EXIF: keep the image as stored
         return None
