@@ -107,8 +107,9 @@ class RunConfig:
     )
     eval_every: int = option(
         0,
-        "evaluate on the held-out validation images every N iterations and at the end "
-        "(0: never); rank 0 evaluates, the test split is never used",
+        "evaluate on the validation images every N iterations and at the end (0: never; "
+        "the shipped configs evaluate every 1000 or 5000); rank 0 evaluates, the test split "
+        "is never used",
         min=0,
     )
     eval_metrics: list[str] = option(
@@ -119,8 +120,9 @@ class RunConfig:
     )
     eval_images: int = option(
         50,
-        "validation images per domain: the `val` phase when the dataset has one, else the last "
-        "N training files (sorted by name), which then leave training",
+        "validation images per domain: the `val` phase when the dataset has one (held out; "
+        "`spap data scenes` writes one), else the last N training files (sorted by name), "
+        "which stay in training",
         min=2,
     )
     eval_segnet: str | None = option(

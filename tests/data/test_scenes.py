@@ -19,6 +19,7 @@ from spap.data.scenes import (
     write_scenes,
 )
 from spap.errors import ConfigError, DataError
+from spap.seeds import derive_seed
 
 C = {name: i for i, name in enumerate(SCENE_CLASSES)}
 
@@ -84,11 +85,12 @@ def _png(path: Path) -> np.ndarray:
 def test_write_scenes_layouts(tmp_path: Path) -> None:
     out = tmp_path / "scenes"
     meta = write_scenes(out, n=12, size=32, seed=3, test_fraction=0.25)
-    assert (meta["n_train"], meta["n_test"]) == (9, 3)
+    assert (meta["n_train"], meta["n_test"], meta["n_val"]) == (9, 3, 1)
     counts = {d: len(list((out / d).glob("*.png"))) for d in meta_dirs()}
     assert counts == {
         "trainA": 9, "trainB": 9, "train": 9, "train_ids": 9,
         "testA": 3, "testB": 3, "test": 3, "test_ids": 3,
+        "valA": 1, "valB": 1, "val": 1, "val_ids": 1,
     }  # fmt: skip
     on_disk = json.loads((out / "scenes.json").read_text())
     assert on_disk["classes"] == list(SCENE_CLASSES)
@@ -108,25 +110,52 @@ def test_write_scenes_layouts(tmp_path: Path) -> None:
         np.array_equal(_png(out / "trainB" / k), a[:, 32:]) for k, a in zip(names, aligned)
     )
     assert paired < len(names) // 2
-    # test names are pairs, with ground-truth ids
-    for k in sorted(p.name for p in (out / "test").glob("*.png")):
-        ab = _png(out / "test" / k)
-        assert np.array_equal(_png(out / "testA" / k), ab[:, :32])
-        assert np.array_equal(_png(out / "testB" / k), ab[:, 32:])
-        ids = _png(out / "test_ids" / k)
-        assert ids.ndim == 2 and ids.max() < len(SCENE_CLASSES)
-        assert np.array_equal(ids_to_rgb(ids), ab[:, :32])
+    # val and test names are pairs, with ground-truth ids
+    for split in ("test", "val"):
+        for k in sorted(p.name for p in (out / split).glob("*.png")):
+            ab = _png(out / split / k)
+            assert np.array_equal(_png(out / f"{split}A" / k), ab[:, :32])
+            assert np.array_equal(_png(out / f"{split}B" / k), ab[:, 32:])
+            ids = _png(out / f"{split}_ids" / k)
+            assert ids.ndim == 2 and ids.max() < len(SCENE_CLASSES)
+            assert np.array_equal(ids_to_rgb(ids), ab[:, :32])
+
+
+def test_validation_split_is_held_out_and_leaves_train_test_unchanged(tmp_path: Path) -> None:
+    write_scenes(tmp_path / "v", n=20, size=32, seed=4, val_fraction=0.2)
+    write_scenes(tmp_path / "none", n=20, size=32, seed=4, val_fraction=0.0)
+    assert not any((tmp_path / "none" / d).exists() for d in ("valA", "valB", "val", "val_ids"))
+    # train and test files do not depend on the validation split
+    for split in ("trainA", "trainB", "testA", "testB", "train", "test", "train_ids", "test_ids"):
+        for f in sorted((tmp_path / "none" / split).iterdir()):
+            assert f.read_bytes() == (tmp_path / "v" / split / f.name).read_bytes()
+    # the validation scenes are their own seed stream: none is a train or test scene
+    seen = {
+        _png(f).tobytes() for split in ("train", "test") for f in (tmp_path / "v" / split).iterdir()
+    }
+    val = sorted((tmp_path / "v" / "val").iterdir())
+    assert len(val) == 4 and not seen & {_png(f).tobytes() for f in val}
+    label, _, photo = render_scene(derive_seed(4, 3, 2), 32)
+    assert np.array_equal(
+        _png(tmp_path / "v" / "val" / "00002.png"), np.concatenate([label, photo], 1)
+    )
+    # a rewrite without validation removes the old val folders (no empty split left behind)
+    write_scenes(tmp_path / "v", n=20, size=32, seed=4, val_fraction=0.0)
+    assert not (tmp_path / "v" / "valA").exists()
+    ds = build_dataset("auto", tmp_path / "v", "train", load_size=32, crop_size=32)
+    assert len(ds) == 18
 
 
 def meta_dirs() -> tuple[str, ...]:
-    return ("trainA", "trainB", "testA", "testB", "train", "test", "train_ids", "test_ids")
+    return ("trainA", "trainB", "testA", "testB", "train", "test", "train_ids", "test_ids",
+            "valA", "valB", "val", "val_ids")  # fmt: skip
 
 
 def test_write_scenes_deterministic_prefix_and_rewrite(tmp_path: Path) -> None:
     write_scenes(tmp_path / "a", n=10, size=32, seed=1)
     write_scenes(tmp_path / "b", n=10, size=32, seed=1)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
-    assert len(files) == 41
+    assert len(files) == 45  # 9 train + 1 test + 1 val scenes: 11 x 4 PNGs, scenes.json
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     write_scenes(tmp_path / "c", n=20, size=32, seed=1)  # a larger n extends the train split
@@ -149,6 +178,8 @@ def test_write_scenes_refuses_foreign_folder_and_bad_args(tmp_path: Path) -> Non
         write_scenes(tmp_path / "y", n=1, size=32)
     with pytest.raises(ConfigError, match="test_fraction"):
         write_scenes(tmp_path / "y", n=4, size=32, test_fraction=1.0)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        write_scenes(tmp_path / "y", n=4, size=32, val_fraction=1.0)
 
 
 def test_datasets_read_scenes_and_cli(tmp_path: Path, capsys) -> None:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import functools
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from spap import SPAP
 from spap.cli import main as cli
 from spap.errors import CheckpointError, ConfigError, SpapError
 from spap.inference import load
-from spap.inference.loading import load_generators
+from spap.inference.loading import load_generators, read_safetensors
 from spap.inference.pretrained import push_to_hub, save_pretrained
 from spap.inference.sample import Sampler
 from spap.inference.translate import Translator
@@ -135,9 +137,19 @@ def test_translator_save_pretrained_leaves_the_model_alone(tmp_path: Path) -> No
     # scenes stand in for a dataset that is not on disk
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "street scenes" in config["card"]["examples"]
+    same = Translator.from_pretrained(tmp_path / "out", device="cpu")
+    assert same.info["metrics"] == {"psnr": 20.5} and same.source == str(tmp_path / "out")
+    x = torch.rand(2, 3, 20, 28) * 2 - 1
+    for d in ("AtoB", "BtoA"):
+        assert torch.equal(same.translate(x, d), t.translate(x, d))
+    with pytest.raises(CheckpointError, match="holds a 'cyclegan' model, but a 'gan' model"):
+        Sampler.from_pretrained(tmp_path / "out", device="cpu")
 
 
-def test_gan_round_trip(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def gan_ckpt(tmp_path_factory) -> Path:
+    """A GAN checkpoint (step 5) with a SPAP unit, its EMA generator different from the raw
+    one."""
     from spap.config import from_dict, to_dict
     from spap.systems.gan import GANConfig, build_networks
     from spap.train.checkpoint import FORMAT, VERSION, save_checkpoint
@@ -156,7 +168,9 @@ def test_gan_round_trip(tmp_path: Path) -> None:
             },
         },
     )
+    torch.manual_seed(0)
     nets = build_networks(cfg.model)
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in nets["G"].state_dict().items()}
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -167,14 +181,15 @@ def test_gan_round_trip(tmp_path: Path) -> None:
         "position": 0,
         "runner": {},
         "task": {
-            "models": {
-                "G": nets["G"].state_dict(),
-                "G_ema": {k: v.clone() for k, v in nets["G"].state_dict().items()},
-                "D": nets["D"].state_dict(),
-            }
+            "models": {"G": nets["G"].state_dict(), "G_ema": ema, "D": nets["D"].state_dict()}
         },
+        "monitor": {"best": {"metric": "fid", "value": 55.5, "step": 4, "file": ""}},
     }
-    ck = save_checkpoint(state, tmp_path / "gan" / "step_0000005.pt")
+    return save_checkpoint(state, tmp_path_factory.mktemp("gan") / "step_0000005.pt")
+
+
+def test_gan_round_trip(gan_ckpt: Path, tmp_path: Path) -> None:
+    ck = gan_ckpt
     out = tmp_path / "gan-hf"
     assert (
         cli(["export", "--checkpoint", str(ck), "--format", "huggingface", "--output", str(out)])
@@ -182,6 +197,11 @@ def test_gan_round_trip(tmp_path: Path) -> None:
     )
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "gan" and config["generators"] == {"G": {}} and config["ema"]
+    # no metrics file: the card has the checkpoint's in-training validation
+    assert config["metrics"] == {"validation_during_training": {"best_fid": 55.5, "best_step": 4}}
+    card = (out / "README.md").read_text()
+    assert "| validation_during_training.best_fid | 55.5 |" in card
+    assert "these weights are those of step 5" in card
     meta = card_metadata(out)
     assert meta["pipeline_tag"] == "unconditional-image-generation"
     a, b = Sampler.from_checkpoint(ck, device="cpu"), load(out, device="cpu")
@@ -189,6 +209,39 @@ def test_gan_round_trip(tmp_path: Path) -> None:
     assert torch.allclose(a.sample(4, seed=3), b.sample(4, seed=3), atol=1e-5)
     with Image.open(out / "samples.png") as im:  # 16 samples: 2 rows of 8
         assert im.size == (8 * 32 + 9 * 2, 2 * 32 + 3 * 2)
+
+
+def test_sampler_save_and_from_pretrained(gan_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """``Sampler.save_pretrained`` / ``Sampler.from_pretrained``: identical images, the
+    folder's metrics kept when it is saved again, raw weights saved as raw, and a folder of
+    EMA weights refusing ``--no-ema`` in one line."""
+    s = Sampler.from_checkpoint(gan_ckpt, device="cpu")
+    result = s.save_pretrained(tmp_path / "gan", metrics={"fid": 40.5})
+    assert (result.kind, result.generators, result.max_abs_diff) == ("gan", ["G"], 0.0)
+    same = Sampler.from_pretrained(tmp_path / "gan", device="cpu")
+    assert same.step == 5 and same.ema and same.source == str(tmp_path / "gan")
+    assert torch.equal(same.sample(6, seed=2, batch_size=4), s.sample(6, seed=2, batch_size=4))
+    again = same.save_pretrained(tmp_path / "again")
+    assert again.metrics == {"fid": 40.5}
+    digests = [
+        read_safetensors(tmp_path / f / "model.safetensors")[0]["sha256"] for f in ("gan", "again")
+    ]
+    assert digests[0] == digests[1]  # the same tensors, bit for bit
+
+    raw = Sampler.from_checkpoint(gan_ckpt, device="cpu", ema=False)
+    raw.save_pretrained(tmp_path / "raw")
+    r = Sampler.from_pretrained(tmp_path / "raw", device="cpu")
+    assert not r.ema and torch.equal(r.sample(2, seed=1), raw.sample(2, seed=1))
+    assert not torch.equal(r.sample(2, seed=1), same.sample(2, seed=1))
+    assert not json.loads((tmp_path / "raw" / "config.json").read_text())["ema"]
+
+    out = tmp_path / "s"
+    args = ["sample", "--checkpoint", str(tmp_path / "gan"), "--num", "1", "--output", str(out)]
+    assert cli([*args, "--device", "cpu", "--no-ema"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the EMA generator only" in err[0]
+    with pytest.raises(CheckpointError, match="holds a 'gan' model, but a 'cyclegan' model"):
+        Translator.from_pretrained(tmp_path / "gan", device="cpu")
 
 
 def test_every_checkpoint_option_takes_the_folder(run: Path, tmp_path: Path, capsys) -> None:
@@ -278,6 +331,7 @@ def offline(tmp_path: Path, monkeypatch) -> Path:
     """huggingface_hub in offline mode (HF_HUB_OFFLINE=1, read at its import, set on its
     constants module) with an empty cache and no token; returns the cache folder."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub.constants")  # a lazy package: load the submodule
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -357,6 +411,7 @@ def test_push_uploads_the_folder(run: Path, tmp_path: Path, monkeypatch) -> None
     """Everything up to the upload, with ``HfApi`` replaced by a recorder (the one faked
     step: the network call)."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub.constants")  # a lazy package: load the submodule
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     calls = []
 
@@ -371,9 +426,13 @@ def test_push_uploads_the_folder(run: Path, tmp_path: Path, monkeypatch) -> None
             folder = Path(folder_path)
             calls.append(("upload", repo_id, sorted(p.name for p in folder.iterdir())))
             calls.append(("card", (folder / "README.md").read_text()))
+            uploaded = load(folder, device="cpu")  # what the Hub would serve
+            calls.append(("outputs", {d: uploaded.translate(x, d) for d in ("AtoB", "BtoA")}))
             return type("Info", (), {"commit_url": "https://hf.co/u/m/commit/1"})()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    x = torch.rand(1, 3, 24, 20) * 2 - 1
+    original = Translator.from_checkpoint(run, device="cpu")
     url = push_to_hub(run, "u/m", private=True, token="hf_x")
     assert url == "https://hf.co/u/m/commit/1"
     assert calls[1] == ("create", "u/m", True)
@@ -382,12 +441,94 @@ def test_push_uploads_the_folder(run: Path, tmp_path: Path, monkeypatch) -> None
     )
     assert 'Translator.from_pretrained("u/m")' in calls[3][1]
     assert "--checkpoint hf://u/m" in calls[3][1]
+    for d, y in calls[4][1].items():  # the uploaded folder gives the run's outputs
+        assert torch.equal(y, original.translate(x, d))
+    calls.clear()
+    assert original.push_to_hub("u/t", token="hf_x") == url  # the thin method
+    assert calls[1] == ("create", "u/t", False) and "| fid | 123.4 |" in calls[3][1]
     # a saved folder goes up as it is, its card naming the repository
     folder = save_pretrained(run, tmp_path / "saved").path
     calls.clear()
     push_to_hub(folder, "u/other", token="hf_x")
     assert 'Translator.from_pretrained("u/other")' in calls[3][1]
     assert (folder / "README.md").read_text().count("u/other") == 0  # the local copy unchanged
+
+
+def _push_in_a_fresh_process(folder: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    cmd = [sys.executable, "-m", "spap.cli", "push", "--checkpoint", str(folder), "--repo", "u/m"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_push_without_a_hub_in_a_fresh_process(run: Path, tmp_path: Path) -> None:
+    """As a user meets it: huggingface_hub's real client in a fresh process, configured only
+    by the environment. No token: one line before any connection; a token and HF_ENDPOINT
+    naming a closed port on this machine (a real refused connection): one line naming the
+    endpoint."""
+    pytest.importorskip("huggingface_hub")
+    folder = save_pretrained(run, tmp_path / "hf").path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), CUDA_VISIBLE_DEVICES="")
+    code, err = _push_in_a_fresh_process(folder, env)
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (
+        "spap push: error: cannot upload to u/m: no Hugging Face token (set HF_TOKEN or run "
+        "`hf auth login`)"
+    )
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    code, err = _push_in_a_fresh_process(
+        folder, {**env, "HF_TOKEN": "hf_x", "HF_ENDPOINT": endpoint}
+    )
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"spap push: error: upload to u/m failed: cannot reach the Hugging Face Hub at {endpoint} ("
+    )
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A Hub that answers every request with 401, as huggingface.co does for a bad token."""
+
+    def _refuse(self) -> None:
+        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Error-Message", "Invalid credentials in Authorization header")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_HEAD = _refuse
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+def test_push_with_a_refused_token_in_one_line(
+    run: Path, tmp_path: Path, offline: Path, monkeypatch, capsys
+) -> None:
+    """A Hub (an HTTP server on this machine) that refuses the token: huggingface_hub's real
+    client gets the 401, ``spap push`` says so in one line."""
+    import huggingface_hub
+
+    folder = save_pretrained(run, tmp_path / "hf").path
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        assert cli(["push", "--checkpoint", str(folder), "--repo", "u/m", "--token", "hf_bad"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0] == (
+        "spap push: error: upload to u/m failed: the Hub answered 401 Unauthorized (Invalid "
+        "credentials in Authorization header); check the token (--token, HF_TOKEN or `hf auth "
+        "login`) and its write access to u/m"
+    )
 
 
 # ----------------------------------------------------------------------------- the unit
@@ -412,6 +553,29 @@ def test_unit_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 16, 12, 10)
     assert torch.equal(unit.eval()(x), same(x)) and float(same.gamma.detach()) == pytest.approx(0.4)
     assert repr(same) == repr(unit)
+    # the model card, as PyTorchModelHubMixin writes one beside config.json and the weights
+    assert sorted(p.name for p in (tmp_path / "unit").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    meta = card_metadata(tmp_path / "unit")
+    assert meta == {
+        "library_name": "spap",
+        "license": "mit",
+        "tags": ["spap", "pytorch", "attention"],
+    }
+    card = (tmp_path / "unit" / "README.md").read_text()
+    assert f'SPAP.from_pretrained("{tmp_path / "unit"}")' in card
+    assert "| rates | `[0, 1, 3]` |" in card and "| act_layer | `torch.nn.LeakyReLU(0.2)` |" in card
+    assert (
+        "`gamma`: 0.4 " in card
+        and f"Parameters: {sum(p.numel() for p in unit.parameters()):,}." in card
+    )
+    unit.save_pretrained(tmp_path / "named", repo_id="me/unit", license="apache-2.0")
+    card = (tmp_path / "named" / "README.md").read_text()
+    assert 'SPAP.from_pretrained("me/unit")' in card and 'pretrained="hf://me/unit"' in card
+    assert card_metadata(tmp_path / "named")["license"] == "apache-2.0"
 
 
 def test_unit_refuses_what_it_cannot_store_or_trust(tmp_path: Path) -> None:
@@ -435,9 +599,11 @@ def test_unit_from_a_hub_id_offline(tmp_path: Path, offline: Path) -> None:
     unit = SPAP(8, rates=(0, 2))
     unit.save_pretrained(tmp_path / "unit")
     hub_cache(tmp_path / "unit", offline, "user/unit")
-    same = SPAP.from_pretrained("user/unit")
-    assert same.rates == (0, 2)
     x = torch.randn(1, 8, 6, 6)
-    assert torch.equal(same(x), unit.eval()(x))
+    for name in ("user/unit", "hf://user/unit", "hf://user/unit@main"):  # as everywhere in spap
+        same = SPAP.from_pretrained(name)
+        assert same.rates == (0, 2) and torch.equal(same(x), unit.eval()(x))
     with pytest.raises(CheckpointError, match="cannot get user/other from the Hub"):
         SPAP.from_pretrained("user/other")
+    with pytest.raises(CheckpointError, match="is not a Hub repository id"):
+        SPAP.from_pretrained("hf://not a repo")

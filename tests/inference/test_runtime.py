@@ -21,6 +21,7 @@ from spap.cli import main as cli
 from spap.config import from_dict
 from spap.errors import SpapError
 from spap.inference import runtime
+from spap.inference.pretrained import save_pretrained
 from spap.inference.runtime import OnnxGenerator, cache_dir, onnx_generator
 from spap.inference.sample import Sampler
 from spap.inference.translate import Translator
@@ -145,7 +146,7 @@ def test_export_cached_once_and_reused(
     shutil.copytree(cached.parent, folder)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     first = ort.translate(x)
-    monkeypatch.setattr(runtime, "_export", _no_export)
+    monkeypatch.setattr(runtime, "write_onnx", _no_export)
     again = Translator.from_checkpoint(own, device="cpu", runtime="onnxruntime").translate(x)
     assert torch.equal(first, again)
     monkeypatch.undo()
@@ -173,7 +174,7 @@ def test_user_cache_when_the_checkpoint_folder_is_not_writable(
     Path(str(own) + ".onnx-cache").write_text("in the way")
     assert cache_dir(own) == _user_cache
     shutil.copy(cached, _user_cache / cached.name)
-    monkeypatch.setattr(runtime, "_export", _no_export)
+    monkeypatch.setattr(runtime, "write_onnx", _no_export)
     t = Translator.from_checkpoint(own, device="cpu", runtime="onnxruntime")
     x = torch.rand(1, 3, 12, 8) * 2 - 1
     assert torch.equal(t.translate(x), ort.translate(x))
@@ -278,3 +279,47 @@ def test_cli_translate_runtime(ckpt: Path, tmp_path: Path, caplog) -> None:
     for p in (tmp_path / "eager").glob("*.png"):
         assert np.abs(_pixels(p) - _pixels(tmp_path / "ort" / p.name)).max() <= 1
     assert list((tmp_path / "ort" / "attention").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_one_onnx_writer_for_export_and_cache(ckpt: Path, ort: Translator, tmp_path: Path) -> None:
+    """``spap export --format onnx`` and the runtime cache go through one writer
+    (``write_onnx``): for the same generator and trace input (16x16, the same seed) they
+    write the same bytes."""
+    cached = _exported(ort, ckpt)
+    out = tmp_path / "g.onnx"
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out),
+                "--size", "16"]) == 0  # fmt: skip
+    assert out.read_bytes() == cached.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_model_folder_caches_beside_itself(
+    ckpt: Path, eager: Translator, tmp_path: Path, _user_cache: Path
+) -> None:
+    """A Hugging Face folder: the export goes to ``<folder>.onnx-cache`` beside it, nothing
+    is written into the folder (it is what ``spap push`` uploads), the user cache stays
+    empty."""
+    folder = save_pretrained(ckpt, tmp_path / "hf").path
+    before = sorted(p.name for p in folder.iterdir())
+    t = Translator.from_pretrained(folder, device="cpu", runtime="onnxruntime")
+    x = torch.rand(2, 3, 18, 26) * 2 - 1
+    assert (t.translate(x) - eager.translate(x)).abs().max() <= 1e-4
+    assert isinstance(t._engines["AtoB"], OnnxGenerator)
+    (cached,) = (tmp_path / "hf.onnx-cache").iterdir()
+    assert cached.name.endswith("-AtoB.onnx") and t._engines["AtoB"].path == cached
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert not _user_cache.exists() or not list(_user_cache.iterdir())
+
+
+def test_hub_snapshots_cache_in_the_user_cache(
+    ckpt: Path, tmp_path: Path, _user_cache: Path
+) -> None:
+    """A folder inside huggingface_hub's cache (``models--u--m/snapshots/REV``) belongs to
+    huggingface_hub: its exports go to the user cache."""
+    folder = save_pretrained(ckpt, tmp_path / "hf").path
+    snap = tmp_path / "hub" / "models--u--m" / "snapshots" / "0123abcd"
+    shutil.copytree(folder, snap)
+    assert cache_dir(snap) == _user_cache
+    assert cache_dir(folder) == tmp_path / "hf.onnx-cache"
+    assert cache_dir(tmp_path / "hub") == _user_cache  # any other folder: no file to sit beside

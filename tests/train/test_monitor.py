@@ -40,6 +40,11 @@ def test_eval_best_latest_scalars_and_resume(data, tmp_path, caplog) -> None:
     ev = read_scalars(tb, prefix="eval/")
     assert {"structure_AtoB", "structure_BtoA", "cycle_AtoB", "cycle_BtoA"} <= set(ev)
     assert [s for s, _ in ev["structure_AtoB"]] == [2, 4]
+    perf = read_scalars(tb, prefix="perf/")
+    assert [s for s, _ in perf["eval_seconds"]] == [2, 4] and all(
+        v > 0 for _, v in perf["eval_seconds"]
+    )
+    assert all(0 < v < 1 for _, v in perf["eval_fraction"])
     att = read_scalars(tb, prefix="attention/")
     gammas = [k for k in att if k.endswith("/gamma")]
     # every unit of every network: G_A, G_B, D_A, D_B each hold one

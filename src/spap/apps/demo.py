@@ -161,6 +161,7 @@ def cyclegan_config(
             "sample_every": total,
             "checkpoint_every": total,
             "keep_last": 1,
+            "eval_every": 0,  # the demo scores once, on the test pairs, after training
         },
         "train": {"n_epochs": n_epochs, "n_epochs_decay": n_decay, "num_visuals": 4},
     }

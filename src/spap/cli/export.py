@@ -12,18 +12,18 @@ from spap.cli.translate import add_model_argument, model_settings, pick_directio
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a generator (ONNX, TorchScript, safetensors)",
+        help="export a generator (ONNX, TorchScript, safetensors, Hugging Face folder)",
         description="Export one generator of a CycleGAN checkpoint, or a GAN's (EMA) generator, "
         "and check it numerically against the eager model (max abs difference <= 1e-4, "
-        "printed). A CycleGAN generator takes (N, C, H, W) in [-1, 1], H and W multiples of 4 "
+        "printed); --format huggingface writes every generator into a folder instead. A CycleGAN generator takes (N, C, H, W) in [-1, 1], H and W multiples of 4 "
         "(ONNX: dynamic N, H, W); a GAN generator takes latents (N, z_dim) ~ N(0, 1) (ONNX: "
         "dynamic N).",
     )
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="CycleGAN or GAN checkpoint file, run folder (latest checkpoint), or a reference "
-        "CycleGAN generator file (latest_net_G_A.pth: its architecture is read from the "
+        help="CycleGAN or GAN checkpoint file, run folder (latest checkpoint), export, "
+        "Hugging Face folder / hf://USER/NAME, or a reference CycleGAN generator file (latest_net_G_A.pth: its architecture is read from the "
         "weights; a *G_B.pth file translates BtoA)",
     )
     p.add_argument(
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
             step=int(loaded.info.get("step", 0)),
             ema=bool(loaded.info.get("ema", True)),
             source=loaded.source,
+            info=loaded.info,
         )
         direction = args.direction or "AtoB"
     else:
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "huggingface":
         from spap.inference.pretrained import save_pretrained
 
-        saved = save_pretrained(model, args.output)
+        saved = save_pretrained(loaded, args.output)
         print(
             f"wrote {saved.path} (huggingface: {', '.join(saved.files)}; generators "
             f"{', '.join(saved.generators)}); max abs diff of the reloaded folder: "

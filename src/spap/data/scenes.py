@@ -23,12 +23,14 @@ The translation is built to need context and several scales (what SPAP claims to
   wide; object sizes follow the perspective depth.
 
 :func:`render_scene` draws one scene; :func:`write_scenes` writes a dataset in the CycleGAN
-layout, the aligned A|B layout and ground-truth class-id maps (``spap data scenes``).
+layout, the aligned A|B layout and ground-truth class-id maps, with train, validation and
+test splits (``spap data scenes``).
 Everything is vectorised numpy and a pure function of the seed (bit-identical output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,6 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spap.errors import ConfigError, DataError
+from spap.files import atomic_write
 from spap.seeds import derive_seed
 
 __all__ = [
@@ -501,7 +504,22 @@ def _check_size(size: int) -> None:
         )
 
 
-_SUBDIRS = ("trainA", "trainB", "testA", "testB", "train", "test", "train_ids", "test_ids")
+_SUBDIRS = (
+    "trainA",
+    "trainB",
+    "testA",
+    "testB",
+    "train",
+    "test",
+    "train_ids",
+    "test_ids",
+    "valA",
+    "valB",
+    "val",
+    "val_ids",
+)
+#: derive_seed stream of each split's scenes (2 seeds the shuffled training names)
+_STREAMS = {"train": 0, "test": 1, "val": 3}
 
 
 def _prepare(out: Path) -> None:
@@ -540,52 +558,73 @@ def write_scenes(
     seed: int = 0,
     test_fraction: float = 0.1,
     progress: bool = False,
+    val_fraction: float = 0.1,
 ) -> dict:
-    """Generate ``n`` scenes into ``out`` in both layouts; returns the ``scenes.json`` dict.
+    """Generate ``n`` train + test scenes and a held-out validation split into ``out`` in
+    both layouts; returns the ``scenes.json`` dict.
 
     Written files (``k`` = zero-padded number, ``.png``):
 
     - ``trainA/k`` label maps and ``trainB/k`` photos of the training scenes, with the names
       shuffled independently so equal names are *not* pairs (unpaired, CycleGAN layout);
     - ``testA/k``, ``testB/k``: test label maps and photos, equal names *are* pairs;
-    - ``train/k``, ``test/k``: aligned ``label | photo`` images (A = label on the left);
-    - ``train_ids/k``, ``test_ids/k``: class-id maps (8-bit grayscale, values index
-      :data:`SCENE_CLASSES`) named like ``train/`` and ``testA/``/``testB/``/``test/``;
+    - ``valA/k``, ``valB/k``: validation label maps and photos (pairs, like the test split);
+    - ``train/k``, ``val/k``, ``test/k``: aligned ``label | photo`` images (A = label on the
+      left);
+    - ``train_ids/k``, ``val_ids/k``, ``test_ids/k``: class-id maps (8-bit grayscale, values
+      index :data:`SCENE_CLASSES`) named like ``train/``, ``val*/`` and ``test*/``;
     - ``scenes.json``: classes, palette, sizes, counts, seed, layout description.
 
+    Of the ``n`` scenes, ``round(n * test_fraction)`` (at least 1) are test scenes and the
+    rest training scenes. The validation split comes on top of them: ``round(n *
+    val_fraction)`` more scenes (at least 1 when ``val_fraction > 0``; none, and no ``val*``
+    folders, at 0), for evaluation during training (:mod:`spap.train.evaluation` prefers a
+    ``val`` phase), so that neither the training nor the test scenes are used to pick a
+    checkpoint.
+
     Training scene ``i`` is :func:`render_scene` ``(derive_seed(seed, 0, i))``, test scene
-    ``j`` uses ``derive_seed(seed, 1, j)``: a smaller ``n`` gives a prefix of a larger one.
+    ``j`` uses ``derive_seed(seed, 1, j)`` and validation scene ``j`` ``derive_seed(seed, 3,
+    j)``: three disjoint seed streams, so the train and test files do not depend on
+    ``val_fraction`` and a smaller ``n`` gives a prefix of a larger one.
     """
     _check_size(size)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"n (number of scenes) must be an integer >= 2, got {n!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     out = Path(out)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     n_train = n - n_test
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     width = max(5, len(str(n)))
     _prepare(out)
     for name in _SUBDIRS:
-        (out / name).mkdir(exist_ok=True)
+        if n_val or not name.startswith("val"):
+            (out / name).mkdir(exist_ok=True)
+        else:  # no validation split: no (empty) val folders for a reader to take for one
+            with contextlib.suppress(OSError):
+                (out / name).rmdir()
 
     perm_rng = np.random.default_rng(derive_seed(seed, 2))
     names_a = perm_rng.permutation(n_train)
     names_b = perm_rng.permutation(n_train)
     jobs = [("train", i) for i in range(n_train)] + [("test", j) for j in range(n_test)]
+    jobs += [("val", j) for j in range(n_val)]
     bar = None
     if progress:
         bar = tqdm(total=len(jobs), desc="scenes", unit="img")
     try:
         for split, i in jobs:
-            label, ids, photo = render_scene(derive_seed(seed, int(split == "test"), i), size)
+            label, ids, photo = render_scene(derive_seed(seed, _STREAMS[split], i), size)
             k = f"{i:0{width}d}.png"
             if split == "train":
                 _save(label, out / "trainA" / f"{names_a[i]:0{width}d}.png")
                 _save(photo, out / "trainB" / f"{names_b[i]:0{width}d}.png")
             else:
-                _save(label, out / "testA" / k)
-                _save(photo, out / "testB" / k)
+                _save(label, out / f"{split}A" / k)
+                _save(photo, out / f"{split}B" / k)
             _save(np.concatenate([label, photo], axis=1), out / split / k)
             _save(ids, out / f"{split}_ids" / k)
             if bar is not None:
@@ -602,14 +641,17 @@ def write_scenes(
         "size": size,
         "n_train": n_train,
         "n_test": n_test,
+        "n_val": n_val,
         "classes": list(SCENE_CLASSES),
         "palette": SCENE_PALETTE.tolist(),
         "layouts": {
-            "unaligned": "trainA/ trainB/ testA/ testB/ (A = label map, B = photo; "
-            "train names shuffled, test names paired)",
-            "aligned": "train/ test/ (label | photo side by side)",
-            "ids": "train_ids/ (names of train/), test_ids/ (names of test*/): class ids",
+            "unaligned": "trainA/ trainB/ valA/ valB/ testA/ testB/ (A = label map, "
+            "B = photo; train names shuffled, val and test names paired)",
+            "aligned": "train/ val/ test/ (label | photo side by side)",
+            "ids": "train_ids/ (names of train/), val_ids/ (names of val*/), test_ids/ "
+            "(names of test*/): class ids",
         },
     }
-    (out / "scenes.json").write_text(json.dumps(meta, indent=2) + "\n")
+    text = (json.dumps(meta, indent=2) + "\n").encode()
+    atomic_write(out / "scenes.json", lambda fh: fh.write(text))
     return meta

@@ -88,6 +88,7 @@ __all__ = [
     "WEIGHTS_ENV",
     "ImageFiles",
     "SamplerModel",
+    "build_feature_extractor",
     "compute_fid",
     "compute_is",
     "compute_kid",
@@ -966,3 +967,27 @@ def save_statistics(source: Any, path: str | os.PathLike, **kwargs: Any) -> Path
         "wrote FID statistics of %d images to %s (%s)", stats["num_images"], p, json.dumps(meta)
     )
     return p
+
+
+def build_feature_extractor(
+    feature_extractor: str = INCEPTION,
+    weights_path: str | os.PathLike | None = None,
+    feature_layer: str | None = None,
+    metric: str = "fid",
+    device: str | torch.device | None = None,
+) -> tuple[FeatureExtractorBase, str, str]:
+    """A torch-fidelity feature extractor built once, for callers that extract features many
+    times (evaluation during training): ``(extractor, feature layer, weights tag)``.
+
+    The weights are found and vetted as for :func:`compute_metrics`, so the features are the
+    ones it would compute; the vetted copy is removed once the extractor holds them. Run it
+    with ``torch_fidelity.utils.get_featuresdict_from_dataset``. The tag names the weights
+    (their content digest for the vetted extractors, else path, size and time).
+    """
+    weights, layer = _setup(feature_extractor, weights_path, feature_layer, metric, metric.upper())
+    cuda, dev_ctx = _device_kwargs(device)
+    with _handed_weights(feature_extractor, weights) as (handed, wtag):
+        kwargs = _base_kwargs(feature_extractor, handed, cuda, 32, False, 0)
+        with _user_errors(feature_extractor, weights), dev_ctx:
+            extractor = create_feature_extractor(feature_extractor, [layer], **kwargs)
+    return extractor, layer, f"{feature_extractor}:{wtag}"

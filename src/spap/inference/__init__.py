@@ -30,5 +30,6 @@ def load(checkpoint: str | os.PathLike, device: str = "auto", ema: bool = True) 
             step=int(loaded.info.get("step", 0)),
             ema=bool(loaded.info.get("ema", True)),
             source=loaded.source,
+            info=loaded.info,
         )
     return Translator(loaded.generators, device, info=loaded.info, source=loaded.source)

@@ -11,7 +11,9 @@ parametrizations, if any, are baked into plain weights first. Files are written 
 
 The exported graph is the bare generator: input (N, C, H, W) in [-1, 1] with H and W
 multiples of 4, output (N, C', H, W) in [-1, 1]. ONNX files have dynamic batch, height and
-width (the check runs a second, different shape); TorchScript is traced and is checked at
+width (the check runs a second, different shape); they are written by
+:func:`spap.inference.runtime.write_onnx`, the one ONNX writer, which also fills the cache of
+``runtime="onnxruntime"``. TorchScript is traced and is checked at
 a second shape too. Padding other sizes to a multiple of 4 (as :class:`Translator` does)
 is left to the caller.
 
@@ -21,8 +23,6 @@ drawn from N(0, 1), output (N, 3, R, R) in [-1, 1]; ONNX has a dynamic batch.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import logging
 import os
@@ -33,14 +33,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.export import Dim
 
 from spap.config import to_dict
 from spap.errors import SpapError
-from spap.files import atomic_write, find_os_error, write_error_reason
+from spap.files import atomic_write
 from spap.inference import load
 from spap.inference.loading import SAFETENSORS_FORMAT, load_generators, write_safetensors
 from spap.inference.pretrained import save_pretrained
+from spap.inference.runtime import OnnxGenerator, write_onnx
 from spap.inference.sample import Sampler
 from spap.inference.translate import Translator
 from spap.layers import remove_spectral_norm
@@ -89,71 +89,14 @@ def _prepare_output(path: Path) -> None:
         path.unlink()
 
 
-def _export_onnx(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
-    """Write ONNX with dynamic batch (and height/width for images); fall back to fixed
-    shapes. Returns whether the shapes are dynamic."""
-    kwargs = dict(
-        input_names=["input"],
-        output_names=["output"],
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-        opset_version=opset,
-    )
-    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines are noise here
-        logging.getLogger(name).setLevel(logging.WARNING)
-    dims = {0: Dim("batch", min=1, max=4096)}
-    if x.dim() == 4:
-        dims.update({2: 4 * Dim("h4", min=2, max=4096), 3: 4 * Dim("w4", min=2, max=4096)})
-    dyn = {next(iter(_forward_args(g))): dims}
-    try:
-        torch.onnx.export(g, (x,), str(path), dynamic_shapes=dyn, **kwargs)
-        return True
-    except OSError:
-        raise
-    except Exception as exc:  # an exporter that cannot keep the shapes symbolic
-        if find_os_error(exc) is not None:  # a failed write, not a failed trace
-            raise
-        log.warning(
-            "dynamic-shape ONNX export failed (%s); exporting for %s only",
-            str(exc).splitlines()[0],
-            tuple(x.shape),
-        )
-    torch.onnx.export(g, (x,), str(path), **kwargs)
-    return False
-
-
-def _export_onnx_atomic(g: nn.Module, x: Tensor, path: Path, opset: int | None) -> bool:
-    """:func:`_export_onnx` into a temporary file beside ``path``, renamed over it once
-    complete: a failed export (a full disk) leaves no partial file and names the cause."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        dynamic = _export_onnx(g, x, tmp, opset)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        cause = find_os_error(exc)
-        if cause is None or isinstance(exc, KeyboardInterrupt):
-            raise
-        raise SpapError(f"could not write {path}: {write_error_reason(cause)}") from None
-    return dynamic
-
-
-def _forward_args(g: nn.Module) -> list[str]:
-    return [n for n in inspect.signature(g.forward).parameters if n != "self"]
-
-
 def _run_onnx(path: Path, x: Tensor) -> Tensor:
     try:
-        import onnxruntime as ort  # noqa: PLC0415 - optional dependency (spap[export])
+        engine = OnnxGenerator(path)
     except ImportError:
         raise SpapError(
             "checking an ONNX export needs onnxruntime: pip install onnxruntime"
         ) from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    return engine(x)
 
 
 def _export_torchscript(g: nn.Module, x: Tensor, path: Path) -> None:
@@ -206,7 +149,7 @@ def _write(
     """Write ``g`` (spectral norm baked) in ``format``; return how to run the file and
     whether its shapes are dynamic."""
     if format == "onnx":
-        return _run_onnx, _export_onnx_atomic(g, inputs[0], path, opset)
+        return _run_onnx, write_onnx(g, inputs[0], path, opset=opset, allow_fixed=True)
     if format == "torchscript":
         _export_torchscript(g, inputs[0], path)
         return _run_torchscript, True

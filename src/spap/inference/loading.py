@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -252,6 +253,11 @@ def _from_checkpoint(path: str | os.PathLike, kind: str | None, ema: bool) -> Lo
         raise CheckpointError(f"{name}: holds no network weights")
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     info: dict[str, Any] = {"step": int(state.get("step", 0) or 0)}
+    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+        best = state["monitor"]["best"]  # in-training validation: the best value so far
+        value, metric, at = float(best["value"]), str(best["metric"]), int(best["step"])
+        if metric and math.isfinite(value):
+            info["best"] = {"metric": metric, "value": value, "step": at}
     nets = system.build_networks(cfg)
     if system.kind == "gan":
         stored = "G_ema" if ema else "G"
@@ -374,6 +380,11 @@ def load_generators(
             loaded = _from_safetensors(path)
         else:
             loaded = _from_checkpoint(path, kind, ema)
+    if loaded.kind == "gan" and not ema and loaded.info.get("ema") is True:  # a model folder
+        raise CheckpointError(
+            f"{loaded.source} holds the EMA generator only (a model folder keeps one "
+            "generator): the raw generator (--no-ema, ema=False) is in the training checkpoint"
+        )
     if kind is not None and loaded.kind != kind:
         raise CheckpointError(
             f"{loaded.source} holds a {loaded.kind!r} model, but a {kind!r} model is needed"

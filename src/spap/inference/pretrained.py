@@ -5,6 +5,11 @@
 >>> t = Translator.from_pretrained("facades-spap")           # or "user/facades-spap" on the Hub
 >>> push_to_hub("facades-spap", "user/facades-spap")         # needs huggingface_hub + a token
 
+This module is the one implementation: ``Translator`` and ``Sampler`` have thin
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` methods (the names of
+``huggingface_hub.PyTorchModelHubMixin``) that call :func:`save_pretrained`,
+:func:`load_pretrained` and :func:`push_to_hub`.
+
 The folder follows the conventions of ``huggingface_hub.PyTorchModelHubMixin``:
 
 - ``config.json``: ``format: spap-pretrained``, ``spap_version``, ``kind``, the ``model``
@@ -36,6 +41,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +69,7 @@ from spap.inference.hub import (
     WEIGHTS_NAME,
     is_pretrained_folder,
     read_config,
+    resolve,
 )
 from spap.inference.loading import LoadedGenerators, load_generators, write_safetensors
 from spap.layers import attention_units, record_attention, remove_spectral_norm
@@ -70,7 +77,7 @@ from spap.models.sngan import latents
 from spap.viz.attention import attention_overlays
 from spap.viz.grid import rows_grid, save_grid
 
-__all__ = ["PretrainedResult", "push_to_hub", "render_card", "save_pretrained"]
+__all__ = ["PretrainedResult", "load_pretrained", "push_to_hub", "render_card", "save_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +115,11 @@ def _collect(model: Any) -> LoadedGenerators:
         cfg, source = None, getattr(model, "source", "")
     elif isinstance(getattr(model, "generator", None), nn.Module):  # a Sampler
         gens, kind, source = {"G": model.generator}, "gan", getattr(model, "source", "")
-        info = {"step": getattr(model, "step", 0), "ema": getattr(model, "ema", True)}
+        info = {
+            **dict(getattr(model, "info", {})),
+            "step": getattr(model, "step", 0),
+            "ema": getattr(model, "ema", True),
+        }
         cfg = None
     else:
         raise SpapError(
@@ -371,9 +382,10 @@ def render_card(config: Mapping[str, Any], *, name: str, files: Sequence[str] = 
     step = config.get("step")
     if kind == "cyclegan":
         gens = config.get("generators", {})
+        blocks = model.get("n_blocks")
         what = (
             f"An unpaired image-to-image translation model (CycleGAN, ResNet generator with "
-            f"{model.get('n_blocks')} blocks, ngf={model.get('ngf')}) with "
+            f"{blocks} residual block{'' if blocks == 1 else 's'}, ngf={model.get('ngf')}) with "
             f"{'no attention units' if attention == 'none' else attention.upper() + ' attention units'}"
             f", translating {' and '.join(gens)}."
         )
@@ -421,6 +433,13 @@ def render_card(config: Mapping[str, Any], *, name: str, files: Sequence[str] = 
     metrics = _flat_numbers(config.get("metrics") or {})
     if metrics:
         lines += [_md_table(["metric", "value"], metrics), ""]
+        if "validation_during_training" in (config.get("metrics") or {}):
+            lines += [
+                "`validation_during_training`: the best value of the evaluation during "
+                "training (`run.eval_every`, on the run's validation images) and the step it "
+                f"came at; these weights are those of step {step}.",
+                "",
+            ]
     else:
         lines += [
             "No evaluation was stored with this run (`spap eval ... --json metrics.json` in "
@@ -532,7 +551,8 @@ def save_pretrained(
     :class:`~spap.inference.sample.Sampler`) into ``save_directory`` in the Hugging Face
     layout (module doc); returns what was written.
 
-    ``metrics``: a dict or a JSON file (default: the run folder's ``metrics.json``, if any).
+    ``metrics``: a dict or a JSON file (default: the run folder's ``metrics.json``, else the
+    best value of the checkpoint's in-training validation, ``run.eval_every``, if any).
     ``examples``: images (a file or folder, or ``{"AtoB": ..., "BtoA": ...}``) the grids
     translate (default: the run's test images when its dataset is on disk, else the built-in
     street scenes); a GAN's grids show images 0-15 of seed 0. ``repo_id`` is the name the
@@ -548,6 +568,15 @@ def save_pretrained(
     run_metrics = _read_metrics(metrics, loaded.source)
     if metrics is None and not run_metrics and isinstance(loaded.info.get("metrics"), Mapping):
         run_metrics = dict(loaded.info["metrics"])  # re-saving a model folder keeps them
+    best = loaded.info.get("best")
+    if metrics is None and not run_metrics and isinstance(best, Mapping):
+        # the checkpoint's in-training validation (run.eval_every): its best value so far
+        run_metrics = {
+            "validation_during_training": {
+                f"best_{best['metric']}": best["value"],
+                "best_step": best["step"],
+            }
+        }
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -620,7 +649,54 @@ def save_pretrained(
     )
 
 
+# ----------------------------------------------------------------------------- load
+
+
+def load_pretrained(
+    pretrained_model_name_or_path: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    ema: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> LoadedGenerators:
+    """The generators of a folder written by :func:`save_pretrained`, of a Hub repository
+    (``user/name`` when no such local path exists, or ``hf://user/name[@revision]``:
+    downloaded with ``huggingface_hub.snapshot_download`` into its cache; the keywords from
+    ``revision`` on are its own), or of anything else ``--checkpoint`` takes (a checkpoint,
+    a run folder, an export). ``kind`` ("cyclegan" / "gan") refuses the other kind in one
+    line; ``ema=False``: a GAN checkpoint's raw generator."""
+    folder = resolve(
+        pretrained_model_name_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        force_download=force_download,
+        token=token,
+        local_files_only=local_files_only,
+    )
+    return load_generators(folder, kind=kind, ema=ema)
+
+
 # ----------------------------------------------------------------------------- push
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the server could not be reached: a
+    refused or timed-out connection, an unknown host (not an HTTP error answer)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & {"ConnectError", "ConnectTimeout", "NetworkError", "ConnectionError"}:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def push_to_hub(
@@ -677,5 +753,26 @@ def push_to_hub(
             )
         except Exception as exc:  # noqa: BLE001 - network, auth, quota: one line
             text = " ".join(str(exc).split())[:300] or type(exc).__name__
+            if _unreachable(exc):
+                raise SpapError(
+                    f"upload to {repo_id} failed: cannot reach the Hugging Face Hub at "
+                    f"{constants.ENDPOINT} ({text}); check the connection (or HF_ENDPOINT)"
+                ) from None
+            response = getattr(exc, "response", None)
+            status = getattr(response, "status_code", None)
+            if isinstance(status, int):  # the Hub answered with an error
+                reason = getattr(response, "reason_phrase", "") or ""
+                said = " ".join(str(getattr(exc, "server_message", "") or "").split())[:200]
+                hint = (
+                    "; check the token (--token, HF_TOKEN or `hf auth login`) and its write "
+                    f"access to {repo_id}"
+                    if status in (401, 403)
+                    else ""
+                )
+                raise SpapError(
+                    f"upload to {repo_id} failed: the Hub answered {status} {reason}".rstrip()
+                    + (f" ({said})" if said else "")
+                    + hint
+                ) from None
             raise SpapError(f"upload to {repo_id} failed: {text}") from None
     return str(getattr(info, "commit_url", info))

@@ -9,12 +9,14 @@ call it where they would call the PyTorch module (tensor in, tensor out), so pad
 cropping, batching, decoding and writing stay one code path.
 
 The generator is exported once (spectral norm baked into plain weights; dynamic batch and,
-for images, height and width that are multiples of 4, as ``spap export --format onnx``
-writes it) and cached: ``<checkpoint>.onnx-cache/<key>-<name>.onnx`` beside the file the
-weights came from, or, where that folder cannot be written (or the generator came from no
-file), ``$SPAP_CACHE_DIR/onnx`` (default ``~/.cache/spap/onnx``). The key is a digest of
-the weights, the model section, the module's class and the torch version, so another
-checkpoint, or the same one retrained, never reuses a stale file. A new export, and a
+for images, height and width that are multiples of 4) by :func:`write_onnx`, the one ONNX
+writer, which ``spap export --format onnx`` uses too, and cached:
+``<checkpoint>.onnx-cache/<key>-<name>.onnx`` beside the checkpoint file, export or Hugging
+Face folder the weights came from, or, where that folder cannot be written (or the
+generator came from no file, or from the Hub), ``$SPAP_CACHE_DIR/onnx`` (default
+``~/.cache/spap/onnx``). The key is a digest of the weights, the model section, the
+module's class and the torch version, so another checkpoint, or the same one retrained,
+never reuses a stale file. A new export, and a
 cached file when it is loaded, is checked against the PyTorch module on a small input
 (largest difference at most 1e-4) before it is used.
 
@@ -25,6 +27,7 @@ are not part of the exported graph: asking for them runs PyTorch for those image
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -42,6 +45,8 @@ from torch.export import Dim
 
 from spap.config import to_dict
 from spap.errors import SpapError
+from spap.files import find_os_error, write_error_reason
+from spap.inference.hub import is_pretrained_folder
 from spap.layers import remove_spectral_norm
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "choose_runtime",
     "onnx_generator",
     "user_cache_dir",
+    "write_onnx",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,13 +173,20 @@ def _writable_dir(folder: Path) -> bool:
     return True
 
 
+def _in_hub_cache(folder: Path) -> bool:
+    """A snapshot folder of huggingface_hub's cache (``models--user--name/snapshots/REV``),
+    which belongs to huggingface_hub: nothing is written beside it."""
+    return folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
+
+
 def cache_dir(source: str | os.PathLike | None) -> Path:
     """Where the exports of generators loaded from ``source`` are cached:
-    ``<source>.onnx-cache`` beside that file when it can be written, else
-    :func:`user_cache_dir`."""
+    ``<source>.onnx-cache`` beside that file (a checkpoint, an export) or that Hugging Face
+    folder when it can be written, else :func:`user_cache_dir` (also for a Hub model, whose
+    folder lies in huggingface_hub's cache)."""
     if source:
         src = Path(source)
-        if src.is_file():
+        if src.is_file() or (is_pretrained_folder(src) and not _in_hub_cache(src.resolve())):
             beside = src.with_name(src.name + ".onnx-cache")
             if _writable_dir(beside):
                 return beside
@@ -229,24 +242,74 @@ def _checks(example: Tensor) -> list[Tensor]:
     return [example, torch.rand(2, c, 20, 24, generator=g) * 2 - 1]
 
 
-def _export(module: nn.Module, example: Tensor, path: Path) -> None:
-    """Write ``module`` as ONNX with a dynamic batch (and height / width, multiples of 4)."""
+def _write_onnx(module: nn.Module, example: Tensor, path: Path, opset: int | None, dynamic: bool):
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines are noise here
         logging.getLogger(name).setLevel(logging.WARNING)
-    dims: dict[int, Any] = {0: Dim("batch", min=1, max=4096)}
-    if example.dim() == 4:
-        dims.update({2: 4 * Dim("h4", min=2, max=4096), 3: 4 * Dim("w4", min=2, max=4096)})
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes=(dims,),
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    shapes = None
+    if dynamic:
+        dims: dict[int, Any] = {0: Dim("batch", min=1, max=4096)}
+        if example.dim() == 4:
+            dims.update({2: 4 * Dim("h4", min=2, max=4096), 3: 4 * Dim("w4", min=2, max=4096)})
+        shapes = (dims,)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            opset_version=opset,
+        )
+
+
+def write_onnx(
+    module: nn.Module,
+    example: Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    allow_fixed: bool = False,
+) -> bool:
+    """Write ``module`` (a generator in eval mode, spectral norm baked) as one ONNX file:
+    input ``input``, output ``output``, a dynamic batch and, for images ``(N, C, H, W)``,
+    dynamic height and width that are multiples of 4; the weights inside the file. This is
+    the one ONNX writer of spap (``spap export --format onnx`` and the ONNX Runtime cache).
+
+    The file is written atomically (a temporary file beside ``path``, renamed once
+    complete): a failed write (a full disk) leaves no file and raises :class:`SpapError`
+    ``could not write PATH: REASON``. An exporter that cannot keep the shapes symbolic
+    raises its error, or with ``allow_fixed`` writes the file for ``example``'s shape only
+    (one warning). ``opset``: the ONNX opset (default: the exporter's). Returns whether
+    the shapes are dynamic."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}.tmp")
+    try:
+        try:
+            _write_onnx(module, example, tmp, opset, dynamic=True)
+            dynamic = True
+        except Exception as exc:
+            if not allow_fixed or find_os_error(exc) is not None:  # a failed write, not a trace
+                raise
+            log.warning(
+                "dynamic-shape ONNX export failed (%s); exporting for %s only",
+                (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                tuple(example.shape),
+            )
+            _write_onnx(module, example, tmp, opset, dynamic=False)
+            dynamic = False
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        cause = find_os_error(exc)
+        if cause is None or isinstance(exc, KeyboardInterrupt):
+            raise
+        raise SpapError(f"could not write {path}: {write_error_reason(cause)}") from None
+    return dynamic
 
 
 def _difference(
@@ -292,28 +355,22 @@ def onnx_generator(
         _running_in_pytorch(missing)
         return module
     log.info("exporting the %s generator for ONNX Runtime (once) to %s", name, path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad():
-            _export(baked, example, tmp)
-        engine = OnnxGenerator(tmp, threads)
+        write_onnx(baked, example, path)
+        engine = OnnxGenerator(path, threads)
         diff = _difference(engine, baked, _checks(example))
-        if not diff <= TOLERANCE:
-            raise SpapError(
-                f"the ONNX export of the {name} generator differs from PyTorch by {diff:.3g} "
-                f"(> {TOLERANCE:g}); use runtime torch"
-            )
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SpapError(f"cannot write the ONNX export {path}: {exc.strerror or exc}") from None
     except SpapError:
         raise
     except Exception as exc:  # the exporter cannot handle this generator
+        path.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SpapError(
             f"cannot export the {name} generator to ONNX ({first}); use runtime torch"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    engine.path = path
+    if not diff <= TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise SpapError(
+            f"the ONNX export of the {name} generator differs from PyTorch by {diff:.3g} "
+            f"(> {TOLERANCE:g}); use runtime torch"
+        )
     return engine

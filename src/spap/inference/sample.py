@@ -3,6 +3,8 @@
 >>> sampler = Sampler.from_checkpoint("runs/celeba_spap")        # EMA weights by default
 >>> images = sampler.sample(16, seed=0)                           # (16, 3, R, R) in [-1, 1]
 >>> sampler.write("samples/", num=50_000, seed=0, grid=True)     # resumable
+>>> sampler.save_pretrained("celeba-spap")                        # the Hugging Face layout
+>>> sampler = Sampler.from_pretrained("user/celeba-spap")         # a folder or a Hub id
 
 Image ``i`` of seed ``s`` is made from the latent :func:`spap.models.sngan.latents` ``(s, i)``
 alone, with the generator in eval mode (BatchNorm running statistics), so it does not
@@ -18,7 +20,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,12 @@ from spap.devices import pick_device
 from spap.errors import SpapError
 from spap.files import atomic_write
 from spap.inference.loading import load_generators
+from spap.inference.pretrained import (
+    PretrainedResult,
+    load_pretrained,
+    push_to_hub,
+    save_pretrained,
+)
 from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.layers import record_attention
 from spap.models.sngan import SNGANGenerator, latents
@@ -79,7 +87,8 @@ class Sampler:
 
     ``runtime="onnxruntime"`` runs the generator through ONNX Runtime on the CPU (exported
     once, cached beside ``source``: :mod:`spap.inference.runtime`); PyTorch where ONNX
-    Runtime is not installed, and for attention maps."""
+    Runtime is not installed, and for attention maps. ``info``: what the file said besides
+    the weights (metrics, in-training validation; kept by :meth:`save_pretrained`)."""
 
     def __init__(
         self,
@@ -90,6 +99,7 @@ class Sampler:
         ema: bool = True,
         source: str = "",
         runtime: str = "torch",
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         where = device if device is not None else next(generator.parameters()).device
         self.runtime = choose_runtime(runtime, where)
@@ -102,6 +112,7 @@ class Sampler:
         self.step = step
         self.ema = ema
         self.source = source
+        self.info = {**(info or {}), "step": step, "ema": ema}
         self._engine: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._attention_noted = False
 
@@ -136,7 +147,59 @@ class Sampler:
             ema=bool(loaded.info.get("ema", True)),
             source=loaded.source,
             runtime=runtime,
+            info=loaded.info,
         )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        runtime: str = "torch",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> Sampler:
+        """From a folder written by :meth:`save_pretrained` (or any file
+        :meth:`from_checkpoint` takes), or from a Hugging Face Hub repository ``user/name``
+        (``hf://user/name``; downloaded with ``huggingface_hub.snapshot_download``, the
+        keywords from ``revision`` on are its own): :func:`spap.inference.pretrained.load_pretrained`.
+        A folder holds the one generator it was saved with (EMA by default); ``runtime`` as
+        for the constructor."""
+        loaded = load_pretrained(
+            pretrained_model_name_or_path,
+            kind="gan",
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+        )
+        return cls(
+            loaded.generators["G"],
+            device,
+            step=int(loaded.info.get("step", 0)),
+            ema=bool(loaded.info.get("ema", True)),
+            source=loaded.source,
+            runtime=runtime,
+            info=loaded.info,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> PretrainedResult:
+        """Write the generator in the Hugging Face layout (``config.json``,
+        ``model.safetensors``, ``README.md`` model card, sample and attention grids of
+        images 0-15 of seed 0); see :func:`spap.inference.pretrained.save_pretrained` for
+        ``kwargs``."""
+        return save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the generator to the Hub repository ``repo_id`` (``user/name``, created if
+        needed) in the Hugging Face layout; returns the commit URL. See
+        :func:`spap.inference.pretrained.push_to_hub` for ``kwargs``."""
+        return push_to_hub(self, repo_id, **kwargs)
 
     @property
     def resolution(self) -> int:

@@ -47,9 +47,13 @@ from spap.data.transforms import (
 from spap.devices import pick_device
 from spap.errors import DataError, SpapError
 from spap.files import write_error_reason
-from spap.inference.hub import resolve
 from spap.inference.loading import load_generators
-from spap.inference.pretrained import PretrainedResult, save_pretrained
+from spap.inference.pretrained import (
+    PretrainedResult,
+    load_pretrained,
+    push_to_hub,
+    save_pretrained,
+)
 from spap.inference.runtime import choose_runtime, onnx_generator
 from spap.inference.tiling import translate_tiled, write_array
 from spap.layers import attention_units, record_attention
@@ -329,6 +333,7 @@ class Translator:
         pretrained_model_name_or_path: str | os.PathLike,
         *,
         device: str | torch.device = "auto",
+        runtime: str = "torch",
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         force_download: bool = False,
@@ -337,23 +342,34 @@ class Translator:
     ) -> Translator:
         """From a folder written by :meth:`save_pretrained` (or any file
         :meth:`from_checkpoint` takes), or from a Hugging Face Hub repository ``user/name``
-        (``hf://user/name``; downloaded with ``huggingface_hub.snapshot_download``, the other
-        keywords are its own)."""
-        folder = resolve(
+        (``hf://user/name``; downloaded with ``huggingface_hub.snapshot_download``, the
+        keywords from ``revision`` on are its own): :func:`spap.inference.pretrained.load_pretrained`.
+        ``runtime`` as for the constructor."""
+        loaded = load_pretrained(
             pretrained_model_name_or_path,
+            kind="cyclegan",
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
             token=token,
             local_files_only=local_files_only,
         )
-        return cls.from_checkpoint(folder, device)
+        return cls(
+            loaded.generators, device, info=loaded.info, source=loaded.source, runtime=runtime
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> PretrainedResult:
         """Write the generators in the Hugging Face layout (``config.json``,
         ``model.safetensors``, ``README.md`` model card, sample and attention grids); see
         :func:`spap.inference.pretrained.save_pretrained` for ``kwargs``."""
         return save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the generators to the Hub repository ``repo_id`` (``user/name``, created if
+        needed) in the Hugging Face layout; returns the commit URL. See
+        :func:`spap.inference.pretrained.push_to_hub` for ``kwargs`` (``private``, ``token``,
+        ``commit_message``, and those of :meth:`save_pretrained`)."""
+        return push_to_hub(self, repo_id, **kwargs)
 
     # -- tensors and PIL images
     def generator(self, direction: str = "AtoB") -> nn.Module:

@@ -1,11 +1,15 @@
 """``save_pretrained`` / ``from_pretrained`` for a unit, in the Hugging Face layout.
 
 >>> unit = SPAP(256, rates=(0, 1, 2, 4), **LayerFactory(norm="instance").layer_kwargs())
->>> unit.save_pretrained("my-unit")          # config.json + model.safetensors
+>>> unit.save_pretrained("my-unit")          # config.json + model.safetensors + README.md
 >>> same = SPAP.from_pretrained("my-unit")   # or "user/my-unit" on the Hugging Face Hub
 
 As ``huggingface_hub.PyTorchModelHubMixin`` does: ``config.json`` holds the constructor
-arguments and ``model.safetensors`` the state dict. Layer callables (``conv_layer``,
+arguments, ``model.safetensors`` the state dict (metadata ``format: pt``) and ``README.md``
+a model card (a metadata block with ``library_name: spap``, ``license`` and ``tags``; the
+arguments, ``gamma``, the parameter count, how to load the unit). A Hub repository is named
+``user/name`` (when no such local path exists) or ``hf://user/name[@revision]``, as
+everywhere in spap. Layer callables (``conv_layer``,
 ``norm_layer``, ``act_layer``) are stored by name: ``torch.nn`` classes, callables of
 ``spap.layers`` and ``functools.partial`` of either with JSON arguments; only those names are
 resolved on load, so a config file can never import or run other code. ``safetensors`` and
@@ -29,11 +33,13 @@ from torch import nn
 from spap.errors import CheckpointError, ConfigError
 from spap.files import atomic_write
 
-__all__ = ["PretrainedUnitMixin", "decode_callable", "encode_callable"]
+__all__ = ["PretrainedUnitMixin", "decode_callable", "encode_callable", "render_unit_card"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 UNIT_FORMAT = "spap-unit"
+HUB_PREFIX = "hf://"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LAYER_ARGS = ("conv_layer", "norm_layer", "act_layer")
 
@@ -104,6 +110,106 @@ def decode_callable(spec: Any, source: str = "config.json") -> Any:
     return functools.partial(fn, *args, **kwargs) if args or kwargs else fn
 
 
+def _hub_repo(name: str | os.PathLike) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` when ``name`` names a Hub repository (``hf://user/name`` or
+    ``user/name[@revision]`` that is no local path), else None."""
+    text = os.fspath(name)
+    explicit = text.startswith(HUB_PREFIX)
+    if explicit:
+        text = text[len(HUB_PREFIX) :]
+    elif Path(text).exists():
+        return None
+    repo, _, revision = text.partition("@")
+    if not _REPO_ID.match(repo):
+        if explicit:
+            raise CheckpointError(f"{os.fspath(name)!r} is not a Hub repository id (user/name)")
+        return None
+    return repo, revision or None
+
+
+def _card_value(v: Any) -> str:
+    if isinstance(v, dict) and "callable" in v:
+        args = [
+            *map(repr, v.get("args", [])),
+            *(f"{k}={x!r}" for k, x in v.get("kwargs", {}).items()),
+        ]
+        return f"`{v['callable']}({', '.join(args)})`" if args else f"`{v['callable']}`"
+    return f"`{json.dumps(v)}`"
+
+
+def render_unit_card(
+    config: dict[str, Any],
+    *,
+    name: str,
+    gamma: float | None,
+    parameters: int,
+    license: str = "mit",
+) -> str:
+    """The ``README.md`` model card of a unit whose ``config.json`` is ``config``; ``name``
+    is what users load (a Hub id ``user/name`` or a local folder)."""
+    cls = str(config.get("class", "SPAP"))
+    args = config.get("init_args", {})
+    hub = "/" in name and not Path(name).exists()
+    ref = f"{HUB_PREFIX}{name}" if hub else name
+    tags = ["spap", "pytorch", "attention", cls.lower()]
+    lines = [
+        "---",
+        "library_name: spap",
+        f"license: {license}",
+        "tags:",
+        *(f"- {t}" for t in dict.fromkeys(tags)),
+        "---",
+        "",
+        f"# {name.rstrip('/').rsplit('/', 1)[-1]}",
+        "",
+        f"A `{cls}` attention unit saved with spap: a PyTorch module mapping a feature map "
+        f"`(N, {args.get('channels', 'C')}, H, W)` to one of the same shape, "
+        + (
+            "`gamma * h + (1 - gamma) * x` (`h`: the attentively fused atrous pyramid of the input `x`)"
+            if cls == "SPAP"
+            else "`x + gamma * o` (`o`: the attended input)"
+        )
+        + ", to place inside a generator or discriminator.",
+        "",
+        "## Configuration",
+        "",
+        "| argument | value |",
+        "|---|---|",
+        *(f"| {k} | {_card_value(v)} |" for k, v in args.items()),
+        "",
+        f"Learned blend weight `gamma`: {'n/a' if gamma is None else f'{gamma:.4g}'} "
+        "(0: the unit is the identity). Parameters: "
+        f"{parameters:,}. spap version: {config.get('spap_version') or 'unknown'}.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        f"from spap import {cls}",
+        "",
+        f'unit = {cls}.from_pretrained("{name}")   # eval mode; device=..., dtype=... override',
+        "```",
+        "",
+    ]
+    if cls == "SPAP":
+        lines += [
+            "With torch.hub, from a checkout of spap:",
+            "",
+            "```python",
+            "import torch",
+            f'unit = torch.hub.load("path/to/spap", "spap_unit", pretrained="{ref}", '
+            'source="local")',
+            "```",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "- `config.json`: the constructor arguments (layer callables by name)",
+        "- `model.safetensors`: the state dict",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class PretrainedUnitMixin:
     """Adds ``save_pretrained`` / ``from_pretrained`` to a unit whose constructor arguments
     are recorded in ``self._init_args`` (a dict) by its ``__init__``."""
@@ -136,10 +242,19 @@ class PretrainedUnitMixin:
             "init_args": args,
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` (constructor arguments) and ``model.safetensors`` (the state
-        dict, spectral-norm parametrizations as stored) into ``save_directory``."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        repo_id: str | None = None,
+        license: str = "mit",
+    ) -> Path:
+        """Write ``config.json`` (constructor arguments), ``model.safetensors`` (the state
+        dict, spectral-norm parametrizations as stored) and ``README.md`` (the model card:
+        ``repo_id`` is the name its snippets load, default the folder; ``license`` goes into
+        its metadata) into ``save_directory``."""
         from safetensors.torch import save  # noqa: PLC0415 - keeps `from spap import SPAP` torch-only
+
 
         config = self.hub_config()
         out = Path(save_directory)
@@ -152,6 +267,15 @@ class PretrainedUnitMixin:
         atomic_write(out / WEIGHTS_NAME, lambda fh: fh.write(data))
         text = (json.dumps(config, indent=2) + "\n").encode()
         atomic_write(out / CONFIG_NAME, lambda fh: fh.write(text))
+        gamma = getattr(self, "gamma", None)
+        card = render_unit_card(
+            config,
+            name=repo_id or os.fspath(out),
+            gamma=float(gamma.detach()) if isinstance(gamma, torch.Tensor) else None,
+            parameters=sum(p.numel() for p in self.parameters()),
+            license=license,
+        ).encode()
+        atomic_write(out / CARD_NAME, lambda fh: fh.write(card))
         return out
 
     @classmethod
@@ -168,12 +292,15 @@ class PretrainedUnitMixin:
         **overrides: Any,
     ) -> T:
         """A unit from a folder written by :meth:`save_pretrained`, or from a Hub repository
-        ``user/name`` (``huggingface_hub.snapshot_download``). ``overrides`` replace stored
-        constructor arguments (e.g. ``device``, ``dtype``)."""
+        ``user/name`` / ``hf://user/name[@revision]`` (``huggingface_hub.snapshot_download``
+        into its cache; the keywords before ``map_location`` are its own). ``overrides``
+        replace stored constructor arguments (e.g. ``device``, ``dtype``)."""
         from safetensors.torch import load_file  # noqa: PLC0415 - keeps `from spap import SPAP` torch-only
 
         folder = Path(os.fspath(pretrained_model_name_or_path))
-        if not folder.exists() and _REPO_ID.match(str(pretrained_model_name_or_path)):
+        hub = _hub_repo(pretrained_model_name_or_path)
+        if hub is not None:
+            repo_id, revision = hub[0], revision or hub[1]
             try:
                 from huggingface_hub import snapshot_download  # noqa: PLC0415 - optional dependency (spap[hub])
             except ImportError:
@@ -183,20 +310,18 @@ class PretrainedUnitMixin:
             try:
                 folder = Path(
                     snapshot_download(
-                        str(pretrained_model_name_or_path),
+                        repo_id,
                         revision=revision,
                         cache_dir=cache_dir,
                         force_download=force_download,
                         token=token,
                         local_files_only=local_files_only,
-                        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"],
+                        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
                     )
                 )
             except Exception as exc:  # noqa: BLE001 - offline, unknown repo: one line
                 text = " ".join(str(exc).split())[:300]
-                raise CheckpointError(
-                    f"cannot get {pretrained_model_name_or_path} from the Hub: {text}"
-                ) from None
+                raise CheckpointError(f"cannot get {repo_id} from the Hub: {text}") from None
         cfg_path = folder / CONFIG_NAME
         try:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))

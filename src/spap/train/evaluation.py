@@ -9,9 +9,11 @@ file is never removed by ``run.keep_last``). Every ``run.log_every`` iterations 
 attention-health scalars of :mod:`spap.train.health`.
 
 Validation images (``run.eval_images`` per domain): the dataset's ``val`` phase when it has
-one (``valA``/``valB`` or ``val/``), else the last files of the training phase (sorted by
-name; those stay in training: give the dataset a ``val`` phase for a held-out split). The
-test split is never read. Items are taken without flips.
+one (``valA``/``valB`` or ``val/``; :func:`spap.data.scenes.write_scenes` writes one), else
+the last files of the training phase (sorted by name; those stay in training: give the
+dataset a ``val`` phase for a held-out split). The test split is never read. Items are
+taken without flips. Each evaluation logs ``perf/eval_seconds`` and ``perf/eval_fraction``
+(the share of the process's wall time spent evaluating).
 
 Built-in metrics (no download, CycleGAN):
 
@@ -211,6 +213,8 @@ class ValidationEvaluator:
         out: dict[str, float] = {}
         with torch.no_grad(), _eval_mode(nets):
             if self.kind == "gan":
+                if self.feature_metrics is None:  # FID/KID left out (warned): nothing to do
+                    return out
                 n = len(self.images["image"])
                 z = latents(_EVAL_SEED, range(n), self.cfg.model.z_dim)
                 fake = _batched(nets["G_ema"], z, device)
@@ -320,10 +324,12 @@ class RunMonitor:
         if self.is_main and self.evaluator is not None:
             t0 = time.perf_counter()
             values = self.evaluator.evaluate(self.task, step)
-            self.eval_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.eval_seconds += seconds
             for name, value in values.items():
                 logger.scalar(f"eval/{name}", value, step)
             elapsed = time.perf_counter() - self.train_t0
+            logger.scalar("perf/eval_seconds", seconds, step)
             logger.scalar("perf/eval_fraction", self.eval_seconds / max(elapsed, 1e-9), step)
             new_best = self._update_best(step, values)
         device = self.task.ctx.device
