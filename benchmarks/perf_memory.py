@@ -131,6 +131,7 @@ def run_growth(steps: int = 200, marks: tuple[int, ...] = (20, 100, 200)) -> dic
                     "sample_every": 100,
                     "log_every": 10,
                     "num_workers": 2,
+                    "eval_every": 0,  # training memory only (evaluation: docs/training.md)
                 },
             },
         )
