@@ -5,7 +5,7 @@ block it is measured against. Both are imported lazily so that ``spap --help`` s
 and importing either needs nothing beyond PyTorch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["SPAP", "SelfAttention", "__version__"]
 
