@@ -20,7 +20,8 @@ The study, all resumable (finished runs are skipped, interrupted ones resume fro
 checkpoint, so repeating the command continues where it stopped):
 
 1. ``select``: ``none`` and ``spap_c2f`` at each candidate (width, iterations) pair of about
-   equal CPU time, scored on a validation split (held-out training scenes, never the test
+   equal CPU time, scored on a validation split (by default the last ``--n-val`` training
+   scenes held out; ``--val-from scenes``: the scenes' own validation split; never the test
    split); the pair with the highest mean validation mIoU is used for
 2. ``main``: every variant x every seed at the chosen setting, scored on the test split:
    mIoU and per-class IoU, Welch differences to ``none`` with 95 % intervals, Holm-adjusted
@@ -29,7 +30,8 @@ checkpoint, so repeating the command continues where it stopped):
    and ``spap.viz.attention_maps``);
 3. the summary ``OUT/unit_study.md`` / ``.json`` and the attention picture.
 
-    python experiments/unit_study.py --out /work/runs/unit_study            # everything
+    python experiments/unit_study.py --out runs/unit_study \\
+        --picture docs/unit_study_attention.png                             # everything
     python experiments/unit_study.py --out /tmp/us --size 32 --n-train 40 --n-val 8 \\
         --n-test 8 --seeds 0 --select 4:20 --variants none spap_c2f        # a smoke run
 """
@@ -661,11 +663,25 @@ def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if marker.is_file():
         return json.loads(marker.read_text())
     t0 = time.perf_counter()
-    n = args.n_train + args.n_val + args.n_test
+    if args.val_from == "train":  # the last n_val training scenes are held out
+        n = args.n_train + args.n_val + args.n_test
+        val_fraction = 0.0
+    else:  # the scenes' own validation split, rendered from its own seed stream
+        n = args.n_train + args.n_test
+        val_fraction = args.n_val / n
     write_scenes(
-        out / "data", n=n, size=args.size, seed=args.data_seed, test_fraction=args.n_test / n
+        out / "data",
+        n=n,
+        size=args.size,
+        seed=args.data_seed,
+        test_fraction=args.n_test / n,
+        val_fraction=val_fraction,
     )
-    meta = {"data": str(out / "data"), "seconds": time.perf_counter() - t0}
+    meta = {
+        "data": str(out / "data"),
+        "val_from": args.val_from,
+        "seconds": time.perf_counter() - t0,
+    }
     write_json(marker, meta)
     return meta
 
@@ -712,7 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n-train", type=int, default=900, help="training scenes")
-    p.add_argument("--n-val", type=int, default=100, help="validation scenes (held out of train)")
+    p.add_argument("--n-val", type=int, default=100, help="validation scenes")
+    p.add_argument(
+        "--val-from",
+        choices=("train", "scenes"),
+        default="train",
+        help="train = hold the last --n-val of --n-train + --n-val training scenes out (the "
+        "published tables); scenes = the scenes' own validation split (write_scenes "
+        "val_fraction), training on all --n-train training scenes",
+    )
     p.add_argument("--n-test", type=int, default=200, help="test scenes")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads")

@@ -190,3 +190,16 @@ def test_unit_share():
     sagan = unit_study.UnitNet("sagan", 4).eval()
     assert unit_study.unit_share(sagan, x) == 0.0
     assert unit_study.unit_share(unit_study.UnitNet("none", 4), x) is None
+
+
+@pytest.mark.parametrize("val_from", ["train", "scenes"])
+def test_validation_split_is_not_the_test_split(tmp_path, val_from):
+    args = unit_study.argparse.Namespace(
+        n_train=6, n_val=2, n_test=2, size=32, data_seed=0, val_from=val_from
+    )
+    meta = unit_study.prepare(args, tmp_path)
+    splits = unit_study.load_scenes(Path(meta["data"]), args.n_val)
+    assert [len(splits[k][0]) for k in ("train", "val", "test")] == [6, 2, 2]
+    flat = {k: splits[k][0].flatten(1) for k in splits}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert torch.cdist(flat[a], flat[b]).min() > 0  # no scene in two splits
