@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +201,11 @@ def test_warnings_print_on_their_own_line_above_the_progress_bar(tmp_path: Path)
                     logging.getLogger("spap.test").warning("odd step")
         """
     )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar must show
     res = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.split("\n") if "odd step" in line]
     assert len(lines) == 1 and "train:" in res.stderr, res.stderr
