@@ -4,9 +4,7 @@ the demo's hints and time budget."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from ranks import cli_worker, free_port
 from spap.cli import main
 from spap.cli.config import config_yaml, format_table, resolve_target
 from spap.config import (
@@ -309,19 +308,6 @@ def test_translate_folder_refuses_a_file_as_output(translator, tmp_path: Path) -
 # ----------------------------------------------------------------------------- torchrun
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
-    assert main(argv) == 0
-
-
 @pytest.mark.slow
 def test_finished_is_said_once_under_two_processes(tmp_path: Path, capfd) -> None:
     import torch.multiprocessing as mp
@@ -333,7 +319,7 @@ def test_finished_is_said_once_under_two_processes(tmp_path: Path, capfd) -> Non
     argv = ["train", "gan", "--data", str(data), "--out", str(tmp_path / "run"), "--size",
             "32", "--steps", "1", "train.batch_size=2", "train.n_dis=1", "model.g_ch=4",
             "model.d_ch=4", "model.z_dim=8", "run.num_workers=0"]  # fmt: skip
-    mp.spawn(_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
+    mp.spawn(cli_worker, args=(2, free_port(), argv), nprocs=2, join=True)
     err = capfd.readouterr().err
     assert err.count("finished at step 1") == 1
 

@@ -3,8 +3,6 @@ global batch; ``spap train gan`` runs distributed with identical weights on ever
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from ranks import cli_worker, free_port
 from spap.cli import main as cli
 from spap.train.checkpoint import load_checkpoint
 
@@ -42,19 +41,6 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
-    assert cli(argv) == 0
-
-
 def _argv(task: str, data: Path, out: Path, batch: int, extra: list[str]) -> list[str]:
     return ["train", task, "--data", str(data), "--out", str(out), "--size", "32",
             "--steps", STEPS, f"train.batch_size={batch}", *extra]  # fmt: skip
@@ -63,7 +49,7 @@ def _argv(task: str, data: Path, out: Path, batch: int, extra: list[str]) -> lis
 def test_cyclegan_two_processes_match_one(data: Path, tmp_path: Path) -> None:
     assert cli(_argv("cyclegan", data, tmp_path / "one", 2, CYCLEGAN)) == 0
     argv = _argv("cyclegan", data, tmp_path / "two", 1, CYCLEGAN)
-    mp.spawn(_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
+    mp.spawn(cli_worker, args=(2, free_port(), argv), nprocs=2, join=True)
     assert cli(_argv("cyclegan", data, tmp_path / "other", 1, CYCLEGAN)) == 0  # control
     # After one Adam step, exp_avg = (1 - beta1) * the gradient each optimizer applied: the
     # averaged gradients of the two ranks must be those of the one-process global batch (up to
@@ -87,7 +73,7 @@ def test_cyclegan_two_processes_match_one(data: Path, tmp_path: Path) -> None:
 
 def test_gan_runs_distributed(data: Path, tmp_path: Path) -> None:
     argv = _argv("gan", data / "trainB", tmp_path / "gan", 2, GAN)
-    mp.spawn(_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
+    mp.spawn(cli_worker, args=(2, free_port(), argv), nprocs=2, join=True)
     state = load_checkpoint(tmp_path / "gan", kind="gan")
     assert state["step"] == 1 and len(state["runner"]["rng"]) == 2
     assert all(torch.isfinite(v).all() for v in state["task"]["models"]["G"].values())

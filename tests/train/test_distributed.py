@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from ranks import become_rank, free_port
 from spap.train.checkpoint import load_checkpoint
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     from test_runner import _cfg, _Toy  # the toy task of the loop tests
 
     from spap.train.loop import run
@@ -40,7 +26,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     from spap.train.loop import run
 
     run(_Toy, _cfg(steps=6, train={"batch_size": 4, "noise": 0.0}), tmp_path / "one")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     one = load_checkpoint(tmp_path / "one")["task"]["models"]["net"]
     two = load_checkpoint(tmp_path / "two")["task"]["models"]["net"]
     for k in one:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from runs import GAN_TINY
 from torch import nn
 
 from spap.cli import main as cli_main
@@ -187,23 +188,7 @@ def test_shipped_configs_load_and_shrink(name: str) -> None:
 
 def _train(data: Path, out: Path, steps: int, *extra: str) -> int:
     args = ["--data", str(data), "--out", str(out), "--steps", str(steps), "--size", "32"]
-    over = [
-        "run.device=cpu",
-        "run.num_workers=0",
-        "run.checkpoint_every=100",
-        "run.sample_every=3",
-        "model.z_dim=16",
-        "model.g_ch=4",
-        "model.d_ch=4",
-        "model.g_attention={16: spap}",
-        "model.d_attention={8: spap}",
-        "model.spap_options={rates: [0, 1, 2]}",
-        "train.batch_size=2",
-        "train.n_dis=2",
-        "train.ema_start=1",
-        "train.ema_decay=0.9",
-        "train.num_fixed=4",
-    ]
+    over = [*GAN_TINY, "run.sample_every=3", "train.n_dis=2"]  # later keys win
     return cli_main(["train", "gan", *args, *extra, *over])
 
 

@@ -6,8 +6,6 @@ per-iteration work, in one process and in two (gloo)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data._utils.fetch import _MapDatasetFetcher
 
+from ranks import become_rank, free_port
 from spap.cli import main as cli
 from spap.train.cyclegan import CycleGANTask
 from spap.train.gan import GANTask
@@ -112,16 +111,8 @@ def test_one_process(kind: str, data: Path, tmp_path: Path, monkeypatch) -> None
     assert max(counts[1:-1]) <= 1, counts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     counts = _count(pytest.MonkeyPatch(), argv)
     Path(out, f"counts{rank}.json").write_text(json.dumps(counts))
 
@@ -136,7 +127,7 @@ def _worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None
 )
 def test_two_processes(kind: str, data: Path, tmp_path: Path) -> None:
     argv = _argv(kind, data, tmp_path / "run")
-    mp.spawn(_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), argv, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         counts = json.loads((tmp_path / f"counts{rank}.json").read_text())
         assert len(counts) == STEPS

@@ -24,12 +24,5 @@ def load(checkpoint: str | os.PathLike, device: str = "auto", ema: bool = True) 
     (``ema=False``: a GAN checkpoint's raw generator)."""
     loaded = load_generators(checkpoint, ema=ema)
     if loaded.kind == "gan":
-        return Sampler(
-            loaded.generators["G"],
-            device,
-            step=int(loaded.info.get("step", 0)),
-            ema=bool(loaded.info.get("ema", True)),
-            source=loaded.source,
-            info=loaded.info,
-        )
-    return Translator(loaded.generators, device, info=loaded.info, source=loaded.source)
+        return Sampler.from_loaded(loaded, device)
+    return Translator.from_loaded(loaded, device)

@@ -140,6 +140,14 @@ class Sampler:
         ``ema=False`` takes a checkpoint's raw instead of its averaged generator;
         ``runtime`` as for the constructor."""
         loaded = load_generators(path, kind="gan", ema=ema)
+        return cls.from_loaded(loaded, device, runtime)
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: Any, device: str | torch.device = "auto", runtime: str = "torch"
+    ) -> Sampler:
+        """From what :func:`spap.inference.loading.load_generators` (or
+        :func:`~spap.inference.pretrained.load_pretrained`) returned for a GAN."""
         return cls(
             loaded.generators["G"],
             device,
@@ -178,15 +186,7 @@ class Sampler:
             token=token,
             local_files_only=local_files_only,
         )
-        return cls(
-            loaded.generators["G"],
-            device,
-            step=int(loaded.info.get("step", 0)),
-            ema=bool(loaded.info.get("ema", True)),
-            source=loaded.source,
-            runtime=runtime,
-            info=loaded.info,
-        )
+        return cls.from_loaded(loaded, device, runtime)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> PretrainedResult:
         """Write the generator in the Hugging Face layout (``config.json``,

@@ -323,6 +323,14 @@ class Translator:
         ``.safetensors`` file written by ``spap export --format safetensors``; ``runtime``
         as for the constructor."""
         loaded = load_generators(path, kind="cyclegan")
+        return cls.from_loaded(loaded, device, runtime)
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: Any, device: str | torch.device = "auto", runtime: str = "torch"
+    ) -> Translator:
+        """From what :func:`spap.inference.loading.load_generators` (or
+        :func:`~spap.inference.pretrained.load_pretrained`) returned for a CycleGAN."""
         return cls(
             loaded.generators, device, info=loaded.info, source=loaded.source, runtime=runtime
         )
@@ -354,9 +362,7 @@ class Translator:
             token=token,
             local_files_only=local_files_only,
         )
-        return cls(
-            loaded.generators, device, info=loaded.info, source=loaded.source, runtime=runtime
-        )
+        return cls.from_loaded(loaded, device, runtime)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> PretrainedResult:
         """Write the generators in the Hugging Face layout (``config.json``,
