@@ -603,7 +603,7 @@ def test_unit_from_a_hub_id_offline(tmp_path: Path, offline: Path) -> None:
     for name in ("user/unit", "hf://user/unit", "hf://user/unit@main"):  # as everywhere in spap
         same = SPAP.from_pretrained(name)
         assert same.rates == (0, 2) and torch.equal(same(x), unit.eval()(x))
-    with pytest.raises(CheckpointError, match="cannot get user/other from the Hub"):
+    with pytest.raises(CheckpointError, match="cannot get user/other from the Hugging Face Hub"):
         SPAP.from_pretrained("user/other")
     with pytest.raises(CheckpointError, match="is not a Hub repository id"):
         SPAP.from_pretrained("hf://not a repo")

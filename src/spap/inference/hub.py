@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from spap.errors import CheckpointError, SpapError
+from spap.errors import CheckpointError
+from spap.layers.pretrained import (  # the file names of the layout, the Hub names
+    CARD_NAME,
+    CONFIG_NAME,
+    HUB_PREFIX,
+    WEIGHTS_NAME,
+    hub_repo,
+    hub_snapshot,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -31,16 +38,8 @@ __all__ = [
     "snapshot",
 ]
 
-#: File names of the layout (those of ``huggingface_hub.PyTorchModelHubMixin``).
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 #: ``format`` of a ``config.json`` written by spap.
 PRETRAINED_FORMAT = "spap-pretrained"
-#: Prefix naming a Hub repository where a path is expected.
-HUB_PREFIX = "hf://"
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_pretrained_folder(path: str | os.PathLike) -> bool:
@@ -65,11 +64,6 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _split_revision(name: str) -> tuple[str, str | None]:
-    repo, _, revision = name.partition("@")
-    return repo, (revision or None)
-
-
 def snapshot(
     repo_id: str,
     *,
@@ -82,40 +76,22 @@ def snapshot(
     """The local folder of a Hub repository (``user/name`` or ``hf://user/name[@revision]``),
     downloaded into the Hugging Face cache if needed (``huggingface_hub.snapshot_download``;
     with ``HF_HUB_OFFLINE=1`` or ``local_files_only`` only the cache is used)."""
-    name = repo_id[len(HUB_PREFIX) :] if repo_id.startswith(HUB_PREFIX) else repo_id
-    name, rev = _split_revision(name)
-    revision = revision or rev
-    if not _REPO_ID.match(name):
-        raise SpapError(f"{repo_id!r} is not a Hub repository id (user/name)")
-    try:
-        import huggingface_hub  # noqa: PLC0415 - optional dependency (spap[hub])
-    except ImportError:
-        raise SpapError(
-            f"loading {name} from the Hugging Face Hub needs huggingface_hub: "
-            "pip install 'spap[hub]'"
-        ) from None
-    try:
-        folder = huggingface_hub.snapshot_download(
-            name,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            token=token,
-            local_files_only=local_files_only,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "*.png"],
-        )
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, no access: one line
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise CheckpointError(f"cannot get {name} from the Hugging Face Hub: {text}") from None
-    return Path(folder)
+    parsed = hub_repo(repo_id if repo_id.startswith(HUB_PREFIX) else HUB_PREFIX + repo_id)
+    assert parsed is not None  # an hf:// name is a repository or an error
+    return hub_snapshot(
+        parsed[0],
+        revision or parsed[1],
+        [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "*.png"],
+        cache_dir=cache_dir,
+        force_download=force_download,
+        token=token,
+        local_files_only=local_files_only,
+    )
 
 
 def resolve(name: str | os.PathLike, **hub_kwargs: Any) -> Path:
     """A local path for ``name``: the path itself when it exists, else the snapshot of the
     Hub repository it names (``hf://user/name``, or a bare ``user/name``)."""
-    text = os.fspath(name)
-    if text.startswith(HUB_PREFIX):
-        return snapshot(text, **hub_kwargs)
-    if Path(text).exists() or not _REPO_ID.match(_split_revision(text)[0]):
-        return Path(text)
-    return snapshot(text, **hub_kwargs)
+    if hub_repo(name) is None:
+        return Path(os.fspath(name))
+    return snapshot(os.fspath(name), **hub_kwargs)

@@ -110,9 +110,10 @@ def decode_callable(spec: Any, source: str = "config.json") -> Any:
     return functools.partial(fn, *args, **kwargs) if args or kwargs else fn
 
 
-def _hub_repo(name: str | os.PathLike) -> tuple[str, str | None] | None:
+def hub_repo(name: str | os.PathLike) -> tuple[str, str | None] | None:
     """``(repo_id, revision)`` when ``name`` names a Hub repository (``hf://user/name`` or
-    ``user/name[@revision]`` that is no local path), else None."""
+    ``user/name[@revision]`` that is no local path), else None; an ``hf://`` name that is
+    no repository id is a one-line error. The one parser of Hub names in spap."""
     text = os.fspath(name)
     explicit = text.startswith(HUB_PREFIX)
     if explicit:
@@ -125,6 +126,30 @@ def _hub_repo(name: str | os.PathLike) -> tuple[str, str | None] | None:
             raise CheckpointError(f"{os.fspath(name)!r} is not a Hub repository id (user/name)")
         return None
     return repo, revision or None
+
+
+def hub_snapshot(
+    repo_id: str, revision: str | None, allow_patterns: list[str], **hub_kwargs: Any
+) -> Path:
+    """The local folder of Hub repository ``repo_id`` (``user/name``), downloaded into the
+    Hugging Face cache if needed (``huggingface_hub.snapshot_download`` with
+    ``hub_kwargs``: ``cache_dir``, ``force_download``, ``token``, ``local_files_only``; with
+    ``HF_HUB_OFFLINE=1`` only the cache is used). One-line errors."""
+    try:
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 - optional dependency (spap[hub])
+    except ImportError:
+        raise ConfigError(
+            f"loading {repo_id} from the Hugging Face Hub needs huggingface_hub: "
+            "pip install 'spap[hub]'"
+        ) from None
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=allow_patterns, **hub_kwargs
+        )
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, no access: one line
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(f"cannot get {repo_id} from the Hugging Face Hub: {text}") from None
+    return Path(folder)
 
 
 def _card_value(v: Any) -> str:
@@ -255,7 +280,6 @@ class PretrainedUnitMixin:
         its metadata) into ``save_directory``."""
         from safetensors.torch import save  # noqa: PLC0415 - keeps `from spap import SPAP` torch-only
 
-
         config = self.hub_config()
         out = Path(save_directory)
         if out.exists() and not out.is_dir():
@@ -298,30 +322,17 @@ class PretrainedUnitMixin:
         from safetensors.torch import load_file  # noqa: PLC0415 - keeps `from spap import SPAP` torch-only
 
         folder = Path(os.fspath(pretrained_model_name_or_path))
-        hub = _hub_repo(pretrained_model_name_or_path)
+        hub = hub_repo(pretrained_model_name_or_path)
         if hub is not None:
-            repo_id, revision = hub[0], revision or hub[1]
-            try:
-                from huggingface_hub import snapshot_download  # noqa: PLC0415 - optional dependency (spap[hub])
-            except ImportError:
-                raise ConfigError(
-                    "loading a unit from the Hub needs huggingface_hub: pip install 'spap[hub]'"
-                ) from None
-            try:
-                folder = Path(
-                    snapshot_download(
-                        repo_id,
-                        revision=revision,
-                        cache_dir=cache_dir,
-                        force_download=force_download,
-                        token=token,
-                        local_files_only=local_files_only,
-                        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - offline, unknown repo: one line
-                text = " ".join(str(exc).split())[:300]
-                raise CheckpointError(f"cannot get {repo_id} from the Hub: {text}") from None
+            folder = hub_snapshot(
+                hub[0],
+                revision or hub[1],
+                [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
         cfg_path = folder / CONFIG_NAME
         try:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))
